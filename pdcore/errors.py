@@ -1,0 +1,61 @@
+"""Errors are values with stable codes; one table maps each code to its HTTP status."""
+
+from __future__ import annotations
+
+# code -> HTTP status. Every code an operation may return is listed here, once.
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_argument": 400,
+    "invalid_identity": 400,
+    "invalid_name": 400,
+    "invalid_pattern": 400,
+    "missing_field": 400,
+    "unknown_action": 400,
+    "not_understood": 400,
+    "fire_and_forget_not_allowed": 400,
+    "forbidden": 403,
+    "bad_host": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "lock_held": 409,
+    "claim_taken": 409,
+    "port_unavailable": 409,
+    "not_owner": 409,
+    "already_claimed": 409,
+    "file_conflict": 409,
+    "expired": 409,
+    "capability_denied": 403,
+    "agent_overboard": 403,
+    "timeout": 408,
+    "too_large": 413,
+    "rate_limited": 429,
+    "too_many_connections": 429,
+    "internal": 500,
+    "unavailable": 503,
+}
+
+
+class OpError(Exception):
+    """A refusal with a stable machine code, a sentence for humans, and the field at fault."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, **extra: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE.get(self.code, 400)
+
+    def to_dict(self) -> dict:
+        body: dict = {"code": self.code, "error": self.message}
+        if self.field:
+            body["field"] = self.field
+        body.update(self.extra)
+        return body
+
+    @classmethod
+    def from_dict(cls, body: dict) -> OpError:
+        extra = {k: v for k, v in body.items() if k not in ("code", "error", "field", "success")}
+        return cls(body.get("code", "internal"), body.get("error", "unknown error"), body.get("field"), **extra)

@@ -1,0 +1,240 @@
+"""The shape of a catalogue entry and the argument validators built from it.
+
+An operation is declared once as an `Op`: its name, arguments (types, bounds, required),
+reply fields, durability, whether it may be sent fire-and-forget, its error codes, the HTTP
+routes and CLI command that reach it. Validation is compiled once per op into a closure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdcore.errors import OpError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._:/@*\-]{1,200}$")
+SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+PATTERN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{0,64}\*?$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bool", "dict", "list", "any")
+
+
+def check_identity(value: str, field_name: str = "id") -> str:
+    """Validate `project[:stack[:context]]`, each segment 1-64 of [A-Za-z0-9._-]."""
+    if not isinstance(value, str):
+        raise OpError("invalid_identity", f"{field_name} must be a string like project:stack:context", field_name)
+    parts = value.split(":")
+    if len(parts) > 3 or not all(SEGMENT_RE.match(p) for p in parts):
+        raise OpError(
+            "invalid_identity",
+            f"{field_name} must be project[:stack[:context]], each segment 1-64 characters of A-Z a-z 0-9 . _ -",
+            field_name,
+        )
+    return value
+
+
+def check_identity_pattern(value: str, field_name: str = "pattern") -> str:
+    """Validate an identity or a pattern using `*` as a whole segment or a segment suffix."""
+    if not isinstance(value, str):
+        raise OpError("invalid_pattern", f"{field_name} must be a string", field_name)
+    parts = value.split(":")
+    if len(parts) > 3 or not all(p and PATTERN_SEGMENT_RE.match(p) for p in parts):
+        raise OpError(
+            "invalid_pattern",
+            f"{field_name} must be an identity where a segment may be * or end in * (myapp:*, my*)",
+            field_name,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an operation."""
+
+    name: str
+    type: str = "str"
+    required: bool = False
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    max_len: int | None = None
+    choices: tuple | None = None
+    doc: str = ""
+    where: str = "body"  # body | path | query: where the HTTP front door finds it
+
+    def __post_init__(self) -> None:
+        if self.type not in ARG_TYPES:
+            raise ValueError(f"unknown arg type {self.type!r} for {self.name}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """An HTTP route reaching an operation. `path` uses Falcon's `{param}` templates."""
+
+    method: str
+    path: str
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of the catalogue."""
+
+    name: str
+    handler: str  # "<primitive>.<method>" on the core's State
+    summary: str
+    args: tuple[Arg, ...] = ()
+    reply: dict[str, str] = field(default_factory=dict)
+    durable: bool = False
+    fire_and_forget: bool = False
+    errors: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()
+    cli: tuple[str, ...] = ()  # CLI command paths, e.g. ("claim",) or ("session files claim",)
+    parks: bool = False  # may wait in the core (wait/long-poll)
+    internal: bool = False  # reachable over IPC only by design (documented why)
+
+    @property
+    def method_name(self) -> str:
+        """The SDK method name: `port.claim` -> `port_claim`."""
+        return self.name.replace(".", "_").replace("-", "_")
+
+
+def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
+    lo, hi, name = arg.min, arg.max, arg.name
+
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int):
+            if kind is int and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise OpError("invalid_argument", f"{name} must be {'a number' if kind is float else 'an integer'}", name)
+        if lo is not None and v < lo:
+            raise OpError("invalid_argument", f"{name} must be >= {lo:g}", name)
+        if hi is not None and v > hi:
+            raise OpError("invalid_argument", f"{name} must be <= {hi:g}", name)
+        return float(v) if kind is float else v
+
+    return check
+
+
+def _string(arg: Arg, control_re: re.Pattern, default_len: int) -> Callable[[Any], Any]:
+    name, max_len, choices = arg.name, arg.max_len or default_len, arg.choices
+
+    def check(v: Any) -> Any:
+        if not isinstance(v, str):
+            raise OpError("invalid_argument", f"{name} must be a string", name)
+        if len(v) > max_len:
+            raise OpError("too_large" if max_len >= 4096 else "invalid_argument", f"{name} is longer than {max_len} characters", name)
+        if control_re.search(v):
+            raise OpError("invalid_argument", f"{name} must not contain NUL or control characters", name)
+        if choices is not None and v not in choices:
+            raise OpError("invalid_argument", f"{name} must be one of: {', '.join(choices)}", name)
+        return v
+
+    return check
+
+
+def _checker(arg: Arg) -> Callable[[Any], Any]:
+    t, name = arg.type, arg.name
+    if t == "int":
+        return _num(arg, int)
+    if t == "float":
+        return _num(arg, float)
+    if t == "str":
+        return _string(arg, _CONTROL_RE, 1024)
+    if t == "text":
+        return _string(arg, _TEXT_CONTROL_RE, 1 << 20)
+    if t == "name":
+        def check_name(v: Any) -> Any:
+            if not isinstance(v, str) or not NAME_RE.match(v):
+                raise OpError("invalid_name", f"{name} must be 1-200 characters of A-Z a-z 0-9 . _ : / @ * -", name)
+            return v
+        return check_name
+    if t == "identity":
+        return lambda v: check_identity(v, name)
+    if t == "idpattern":
+        return lambda v: check_identity_pattern(v, name)
+    if t == "bool":
+        def check_bool(v: Any) -> Any:
+            if not isinstance(v, bool):
+                raise OpError("invalid_argument", f"{name} must be true or false", name)
+            return v
+        return check_bool
+    if t in ("dict", "list"):
+        kind = dict if t == "dict" else list
+        max_len = arg.max_len
+
+        def check_container(v: Any) -> Any:
+            if not isinstance(v, kind):
+                raise OpError("invalid_argument", f"{name} must be {'an object' if t == 'dict' else 'an array'}", name)
+            if max_len is not None and len(v) > max_len:
+                raise OpError("invalid_argument", f"{name} has more than {max_len} entries", name)
+            return v
+        return check_container
+    return lambda v: v  # "any"
+
+
+def compile_validator(op: Op) -> Callable[[dict], dict]:
+    """Build the function that turns raw arguments into the handler's keyword arguments.
+
+    Unknown keys are ignored (clients of older versions send extras); `None` means absent.
+    """
+    specs = [(a.name, _checker(a), a.required, a.default) for a in op.args]
+
+    def validate(raw: dict) -> dict:
+        out = {}
+        for name, check, required, default in specs:
+            v = raw.get(name)
+            if v is None:
+                if required:
+                    raise OpError("missing_field", f"{name} is required", name)
+                out[name] = default
+            else:
+                out[name] = check(v)
+        return out
+
+    return validate
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce_text_args(op: Op, params: dict[str, str]) -> dict[str, Any]:
+    """Turn query-string or path text into typed values by the op's schema (HTTP front door)."""
+    types = {a.name: a.type for a in op.args}
+    out: dict[str, Any] = {}
+    for key, text in params.items():
+        t = types.get(key)
+        if t is None:
+            continue
+        if isinstance(text, list):
+            text = text[-1]
+        try:
+            if t == "int":
+                out[key] = int(text)
+            elif t == "float":
+                out[key] = float(text)
+            elif t == "bool":
+                low = text.lower()
+                if low not in _TRUE | _FALSE:
+                    raise ValueError
+                out[key] = low in _TRUE
+            elif t in ("dict", "list", "any"):
+                try:
+                    out[key] = json.loads(text)
+                except ValueError:
+                    if t == "any":
+                        out[key] = text
+                    else:
+                        raise
+            else:
+                out[key] = text
+        except ValueError:
+            raise OpError("invalid_argument", f"{key} must be {t} (got {text[:40]!r})", key) from None
+    return out

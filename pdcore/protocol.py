@@ -1,0 +1,177 @@
+"""The binary frame of Port Daddy's IPC (wire-compatible with 3.8), as pure functions.
+
+    [type:1][conv_id:4 big-endian][payload_len:2 big-endian] + MessagePack payload
+
+A message longer than 65,535 bytes is split: every chunk but the last is sent as a
+CONTINUATION frame (type 0x3F) with the message's conv_id, the last chunk as an ordinary
+frame of the message's real type. A receiver joins the chunks, in order, before decoding.
+The frames of one continued message are contiguous on the connection. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+
+HEADER = struct.Struct(">BIH")
+HEADER_SIZE = HEADER.size  # 7
+MAX_PAYLOAD = 0xFFFF
+MAX_CONV_ID = 0x7FFFFFFF
+
+INFORM = 0x01
+INFORM_DONE = 0x02
+INFORM_REF = 0x03
+REQUEST = 0x10
+QUERY_IF = 0x11
+QUERY_REF = 0x12
+CANCEL = 0x13
+AGREE = 0x20
+REFUSE = 0x21
+FAILURE = 0x22
+NOT_UNDERSTOOD = 0x23
+SUBSCRIBE = 0x30
+UNSUBSCRIBE = 0x31
+CONTINUATION = 0x3F
+
+NAMES = {
+    INFORM: "INFORM", INFORM_DONE: "INFORM_DONE", INFORM_REF: "INFORM_REF", REQUEST: "REQUEST",
+    QUERY_IF: "QUERY_IF", QUERY_REF: "QUERY_REF", CANCEL: "CANCEL", AGREE: "AGREE", REFUSE: "REFUSE",
+    FAILURE: "FAILURE", NOT_UNDERSTOOD: "NOT_UNDERSTOOD", SUBSCRIBE: "SUBSCRIBE",
+    UNSUBSCRIBE: "UNSUBSCRIBE", CONTINUATION: "CONTINUATION",
+}
+KNOWN_TYPES = frozenset(NAMES)
+# Performatives a client may send to the core.
+CLIENT_TYPES = frozenset({INFORM, REQUEST, QUERY_IF, QUERY_REF, CANCEL, SUBSCRIBE, UNSUBSCRIBE})
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+_header = HEADER.pack
+
+
+class ProtocolError(Exception):
+    """A frame the receiver cannot accept; `code` names the rule broken."""
+
+    def __init__(self, code: str, message: str, conv_id: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.conv_id = conv_id
+
+
+def pack_payload(obj: Any) -> bytes:
+    return _pack(obj)
+
+
+def unpack_payload(body: bytes) -> Any:
+    """Decode one MessagePack value; raise ProtocolError if it is not exactly one map."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError("bad_payload", f"payload is not MessagePack: {type(exc).__name__}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_payload", "payload must be a MessagePack map")
+    return obj
+
+
+def encode_body(type_: int, conv_id: int, body: bytes) -> bytes:
+    """Frame an already-packed payload, splitting it into continuation frames when needed."""
+    n = len(body)
+    if n <= MAX_PAYLOAD:
+        return _header(type_, conv_id, n) + body
+    parts = []
+    for start in range(0, n, MAX_PAYLOAD):
+        chunk = body[start:start + MAX_PAYLOAD]
+        last = start + MAX_PAYLOAD >= n
+        parts.append(_header(type_ if last else CONTINUATION, conv_id, len(chunk)))
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def encode(type_: int, conv_id: int, payload: Any) -> bytes:
+    """Frame a payload object (packed as MessagePack)."""
+    return encode_body(type_, conv_id, _pack(payload))
+
+
+class FrameDecoder:
+    """Incremental decoder: `feed(bytes)` yields complete messages as (type, conv_id, body).
+
+    Violations (unknown type, empty payload, a continuation interrupted by another
+    conversation) are yielded as ProtocolError values, never raised, so the caller can
+    count strikes and keep reading: every frame carries its own length, so the stream
+    never loses sync. A message whose joined size passes `max_message` yields a
+    ProtocolError with code `too_large` once, and its remaining chunks are skipped.
+    """
+
+    __slots__ = ("_buf", "_chunks", "_chunk_conv", "_chunk_size", "_skipping", "max_message")
+
+    def __init__(self, max_message: int = 4 * 1024 * 1024) -> None:
+        self._buf = bytearray()
+        self._chunks: list[bytes] = []
+        self._chunk_conv = -1
+        self._chunk_size = 0
+        self._skipping = False
+        self.max_message = max_message
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, int, bytes] | ProtocolError]:
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        try:
+            while end - pos >= HEADER_SIZE:
+                type_, conv_id, length = HEADER.unpack_from(buf, pos)
+                if end - pos - HEADER_SIZE < length:
+                    break
+                body = bytes(buf[pos + HEADER_SIZE:pos + HEADER_SIZE + length])
+                pos += HEADER_SIZE + length
+                item = self._message(type_, conv_id, body)
+                if item is not None:
+                    yield item
+        finally:
+            del buf[:pos]
+
+    def _message(self, type_: int, conv_id: int, body: bytes) -> tuple[int, int, bytes] | ProtocolError | None:
+        if type_ not in KNOWN_TYPES:
+            self._reset()
+            return ProtocolError("unknown_type", f"unknown frame type 0x{type_:02x}", conv_id)
+        if self._chunk_conv >= 0 and conv_id != self._chunk_conv:
+            self._reset()
+            return ProtocolError("interleaved", "a continued message was interrupted by another conversation", conv_id)
+        if type_ == CONTINUATION:
+            if self._chunk_conv < 0:
+                self._chunk_conv = conv_id
+            if self._skipping:
+                return None
+            self._chunk_size += len(body)
+            if self._chunk_size > self.max_message:
+                self._skipping = True
+                self._chunks.clear()
+                return ProtocolError("too_large", f"message exceeds the {self.max_message}-byte maximum", conv_id)
+            self._chunks.append(body)
+            return None
+        if self._chunk_conv >= 0:  # the final chunk of a continued message
+            skipping = self._skipping
+            if not skipping:
+                self._chunks.append(body)
+                self._chunk_size += len(body)
+                if self._chunk_size > self.max_message:
+                    self._reset()
+                    return ProtocolError("too_large", f"message exceeds the {self.max_message}-byte maximum", conv_id)
+                body = b"".join(self._chunks)
+            self._reset()
+            if skipping:
+                return None
+        if not body:
+            return ProtocolError("empty_payload", "frame has an empty payload", conv_id)
+        return (type_, conv_id, body)
+
+    def _reset(self) -> None:
+        self._chunks = []
+        self._chunk_conv = -1
+        self._chunk_size = 0
+        self._skipping = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) + self._chunk_size

@@ -1,0 +1,78 @@
+"""The activity log: one durable record per state change, bounded, queryable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pdcore.state.base import Ctx, Primitive
+
+
+class Activity(Primitive):
+    name = "activity"
+    load_order = 0
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self._since_prune = 0
+
+    def record(self, ctx: Ctx, type: str, target: str | None = None, actor: str | None = None, **details: Any) -> None:
+        """Append one record; every `activity_max // 10` records, drop those beyond `activity_max`."""
+        self.store.write(
+            "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)",
+            (ctx.now, type, actor or ctx.agent_id, target, json.dumps(details, default=str) if details else None),
+        )
+        self._since_prune += 1
+        if self._since_prune >= max(100, self.config.activity_max // 10):
+            self._since_prune = 0
+            self.store.write(
+                "DELETE FROM activity WHERE id <= (SELECT MAX(id) FROM activity) - ?", (self.config.activity_max,)
+            )
+
+    def list(
+        self,
+        ctx: Ctx,
+        limit: int = 50,
+        type: str | None = None,
+        agentId: str | None = None,
+        target: str | None = None,
+        since: int | None = None,
+        before: int | None = None,
+    ) -> dict:
+        where, params = [], []
+        if type:
+            where.append("type = ?")
+            params.append(type)
+        if agentId:
+            where.append("actor = ?")
+            params.append(agentId)
+        if target:
+            where.append("target = ?")
+            params.append(target)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        sql = "SELECT id, ts, type, actor, target, details FROM activity"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        rows = self.store.read(sql, params)
+        entries = [
+            {
+                "id": r[0],
+                "timestamp": r[1],
+                "type": r[2],
+                "agentId": r[3],
+                "target": r[4],
+                "details": json.loads(r[5]) if r[5] else {},
+            }
+            for r in rows
+        ]
+        return {"activities": entries, "count": len(entries)}
+
+
+PRIMITIVE = Activity

@@ -1,0 +1,74 @@
+"""Facts about the daemon itself: health, version, metrics, status, config."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pdcore import __version__
+from pdcore.state.base import Ctx, Primitive
+
+
+@cache
+def code_hash() -> str:
+    """A short hash of the installed source, so two installs can be told apart."""
+    h = hashlib.sha256()
+    top = Path(__file__).resolve().parents[2]
+    for pkg in ("pdcore", "workers", "fleet", "cli"):
+        base = top / pkg
+        if not base.is_dir():
+            continue
+        for path in sorted(base.rglob("*")):
+            if path.suffix in (".py", ".sql", ".yml", ".html") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(top)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+class Daemon(Primitive):
+    name = "daemon"
+    load_order = 0
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.stats: dict[str, int] = {}  # counters kept by the core (frames, ops, errors, ...)
+
+    def _uptime(self, ctx: Ctx) -> int:
+        return max(0, ctx.now - self.root.started_at)
+
+    def health(self, ctx: Ctx) -> dict:
+        return {"status": "ok", "version": __version__, "uptime": self._uptime(ctx), "pid": os.getpid()}
+
+    def version(self, ctx: Ctx) -> dict:
+        return {"version": __version__, "codeHash": code_hash()}
+
+    def metrics(self, ctx: Ctx) -> dict:
+        return {
+            "uptime": self._uptime(ctx),
+            "counters": dict(self.stats),
+            "gauges": self.root.counts(),
+            "store": {"commits": self.store.commits, "writes": self.store.writes},
+            "timers": len(self.root.timers),
+        }
+
+    def status(self, ctx: Ctx) -> dict:
+        cfg = self.config
+        return {
+            "status": "running",
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": self._uptime(ctx),
+            "startedAt": self.root.started_at,
+            "home": str(cfg.home),
+            "sockets": {"http": str(cfg.sock), "ipc": str(cfg.ipc), "tcp": None if cfg.no_tcp else cfg.tcp_port},
+            "counts": self.root.counts(),
+        }
+
+    def config_get(self, ctx: Ctx) -> dict:
+        return {"config": self.config.public()}
+
+
+PRIMITIVE = Daemon

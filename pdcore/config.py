@@ -47,15 +47,26 @@ class Config:
     http_threads: int = 8
     http_max_body: int = 1024 * 1024
     http_timeout_s: int = 120
+    http_graceful_timeout_s: int = 10  # how long a stopping worker finishes in-flight requests
+    http_keepalive_s: int = 5
+    http_access_log: bool = False  # access lines go to log_path when on
+    http_core_connect_wait_ms: int = 2000  # a worker retries core.sock this long (core restarting) before 503
+    http_max_waiting: int = 0  # per worker: SSE streams + parked ops holding a thread; 0 = http_threads - 2
+    sse_keepalive_s: int = 15  # comment line sent on an idle event stream
     # durability
     db_synchronous: str = "NORMAL"  # NORMAL survives kill -9 in WAL mode; FULL also power loss
     # agents and reaper
     agent_stale_ms: int = 10 * 60 * 1000
     agent_dead_ms: int = 20 * 60 * 1000
     reaper_interval_ms: int = 5000
+    heartbeat_flush_ms: int = 5000  # last heartbeats are written to the db in batches this often
+    agent_restart_grace_ms: int = 60_000  # after a restart, heartbeat-late agents get this long to reconnect
+    agent_dead_retention_ms: int = 24 * 3600 * 1000  # dead agents stay listed this long
     # sessions and notes
     note_max_bytes: int = 64 * 1024
     salvage_note_count: int = 10
+    session_max_files: int = 1000  # file claims per session
+    notes_list_max: int = 1000  # notes returned by one list call
     # locks
     lock_ttl_default_ms: int = 300_000
     lock_ttl_max_ms: int = 24 * 3600 * 1000
@@ -72,8 +83,35 @@ class Config:
     webhook_allow_hosts: list[str] = field(default_factory=list)
     webhook_timeout_s: float = 5.0
     webhook_max_attempts: int = 4
+    # -- locks, pub/sub, inbox, integration signals, webhooks (issue 4; docs/locks.md, docs/messaging.md)
+    lock_wait_max_ms: int = 3600 * 1000  # longest `wait` a lock acquire may park for
+    message_max_bytes: int = 256 * 1024  # one published message (its JSON size)
+    channel_ring_total_bytes: int = 64 * 1024 * 1024  # all rings together; oldest messages go first
+    channel_poll_max_ms: int = 60_000  # longest long-poll `timeout`
+    inbox_max_per_agent: int = 1000  # oldest direct messages are dropped beyond this
+    integration_max: int = 10_000  # integration signals kept
+    webhook_max: int = 100  # registered webhooks
+    webhook_retry_base_ms: int = 1000  # first retry delay; doubles per attempt
+    webhook_retry_max_ms: int = 60_000
+    webhook_delivery_log_max: int = 200  # deliveries kept per webhook
+    webhook_pending_max: int = 10_000  # deliveries in flight or waiting to retry; beyond: dropped
     # arbiter
     arbiter_strict: bool = False
+    # -- tuple space, pheromones, harbors, arbiter (issue 5; docs/tuples.md, pheromones.md, harbors.md,
+    #    arbiter.md; pheromone_half_life_ms and arbiter_strict are above)
+    tuple_max_bytes: int = 4096  # one tuple, MessagePack-packed
+    tuple_read_limit_default: int = 100  # tuples returned by rd without `limit`
+    tuple_scan_limit_default: int = 200  # tuples returned by scan without `limit`
+    tuple_limit_max: int = 10_000  # largest `limit` of rd/in/scan/poll
+    tuple_wait_max_ms: int = 600_000  # longest `wait` a rd/in/poll may park for
+    pheromone_half_life_overrides: dict = field(default_factory=dict)  # "key" or "table.key" -> half-life ms
+    pheromone_floor: float = 0.01  # values below read as 0 and are collected
+    pheromone_gc_interval_ms: int = 60_000  # housekeeping pass dropping faded pheromones
+    pheromone_max: int = 100_000  # live pheromones; beyond it the faintest are dropped
+    pheromone_claim_heat: float = 0.3  # file heat one active session claim contributes
+    harbor_max_members: int = 1000  # agents in one harbor
+    arbiter_sweep_interval_ms: int = 30_000  # periodic check of heartbeats, locks of dead owners, notes
+    arbiter_violations_max: int = 10_000  # oldest recorded violations are dropped beyond this
     # supervisor
     restart_backoff_max_s: float = 10.0
 

@@ -43,6 +43,8 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA temp_store=MEMORY")
         self.in_tx = False
+        self._op_active = False  # inside one durable op's call
+        self._op_savepoint = False  # that op has written, under SAVEPOINT op
         self.commits = 0
         self.writes = 0
 
@@ -71,33 +73,39 @@ class Store:
             applied.append(number)
         return applied
 
-    def write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _before_write(self) -> None:
         if not self.in_tx:
             self.db.execute("BEGIN")
             self.in_tx = True
+        if self._op_active and not self._op_savepoint:
+            self.db.execute("SAVEPOINT op")
+            self._op_savepoint = True
         self.writes += 1
+
+    def write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        self._before_write()
         return self.db.execute(sql, params)
 
     def write_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        if not self.in_tx:
-            self.db.execute("BEGIN")
-            self.in_tx = True
-        self.writes += 1
+        self._before_write()
         self.db.executemany(sql, rows)
 
-    def savepoint(self) -> None:
-        """Mark the start of one op's writes so a failing op leaves nothing behind."""
-        if not self.in_tx:
-            self.db.execute("BEGIN")
-            self.in_tx = True
-        self.db.execute("SAVEPOINT op")
+    # An op's writes sit under a savepoint taken lazily at its first write, so a failing op
+    # leaves nothing behind and an op that writes nothing costs nothing.
+    def begin_op(self) -> None:
+        self._op_active = True
+        self._op_savepoint = False
 
-    def release(self) -> None:
-        self.db.execute("RELEASE op")
+    def end_op(self) -> None:
+        if self._op_savepoint:
+            self.db.execute("RELEASE op")
+        self._op_active = self._op_savepoint = False
 
-    def rollback_to(self) -> None:
-        self.db.execute("ROLLBACK TO op")
-        self.db.execute("RELEASE op")
+    def abort_op(self) -> None:
+        if self._op_savepoint:
+            self.db.execute("ROLLBACK TO op")
+            self.db.execute("RELEASE op")
+        self._op_active = self._op_savepoint = False
 
     def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row | tuple]:
         return self.db.execute(sql, params).fetchall()

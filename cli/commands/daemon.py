@@ -1,0 +1,224 @@
+"""pd start | stop | restart | status | version | doctor | metrics | config | activity."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+
+import click
+
+from cli.common import call, fail, options, output, output_options, table
+from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
+from pdcore import __version__
+from pdcore.client import Client
+from pdcore.errors import OpError
+from pdcore.paths import check_home, read_pid, socket_answers
+from pdcore.supervisor import supervisor_running
+
+
+def _fmt_uptime(ms: int) -> str:
+    s = ms // 1000
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@click.command()
+@click.option("--foreground", is_flag=True, help="Stay attached (for systemd/launchd).")
+@output_options
+def start(foreground: bool) -> None:
+    """Start the daemon in the background; returns once it answers."""
+    config = options().config
+    if foreground:
+        problem = check_home(config.home, create=True)
+        if problem:
+            fail(problem)
+        run_foreground(config)
+    already = supervisor_running(config)
+    try:
+        pid = start_daemon(config)
+    except RuntimeError as exc:
+        fail(str(exc))
+    result = {"pid": pid, "alreadyRunning": bool(already), "home": str(config.home),
+              "http": None if config.no_tcp else config.base_url, "ipc": str(config.ipc)}
+    where = "" if config.no_tcp else f" on {config.base_url}"
+    output(result, f"Port Daddy {'already running' if already else 'started'} (pid {pid}){where}", quiet=pid)
+
+
+@click.command()
+@output_options
+def stop() -> None:
+    """Stop the daemon cleanly (drains, commits, removes its pid file)."""
+    config = options().config
+    try:
+        pid = stop_daemon(config)
+    except RuntimeError as exc:
+        fail(str(exc))
+    output({"stopped": pid is not None, "pid": pid}, "Port Daddy stopped" if pid else "Port Daddy was not running")
+
+
+@click.command()
+@output_options
+def restart() -> None:
+    """Stop the daemon, then start it again."""
+    config = options().config
+    try:
+        stop_daemon(config)
+        pid = start_daemon(config)
+    except RuntimeError as exc:
+        fail(str(exc))
+    output({"pid": pid}, f"Port Daddy restarted (pid {pid})", quiet=pid)
+
+
+@click.command()
+@output_options
+def status() -> None:
+    """Is the daemon running? Exit 0 only when it is. Never starts it."""
+    config = options().config
+    pid = supervisor_running(config)
+    try:
+        with Client(config, timeout=5.0, connect_retry_s=0.5) as c:
+            result = c.call("daemon.status")
+    except OpError:
+        result = None
+    if result is None:
+        output({"status": "stopped", "pid": pid, "home": str(config.home)},
+               "Port Daddy is not running (start it with `pd start`)", quiet="stopped")
+        sys.exit(1)
+    result["supervisorPid"] = pid
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.get("counts", {}).items()))
+    sockets = result.get("sockets", {})
+    text = (f"Port Daddy {result['version']} running (pid {pid}, core {result['pid']}), "
+            f"up {_fmt_uptime(result['uptime'])}\n"
+            f"  http: {'127.0.0.1:' + str(sockets.get('tcp')) if sockets.get('tcp') else 'off'}, {sockets.get('http')}\n"
+            f"  ipc:  {sockets.get('ipc')}\n  {counts}")
+    output(result, text, quiet="running")
+
+
+@click.command()
+@output_options
+def version() -> None:
+    """The CLI's version, and the running daemon's version and code hash."""
+    result: dict = {"cli": __version__}
+    try:
+        with Client(options().config, timeout=3.0, connect_retry_s=0) as c:
+            result["daemon"] = c.call("daemon.version")
+    except OpError:
+        result["daemon"] = None
+    d = result["daemon"]
+    output(result, f"pd {__version__}" + (f" (daemon {d['version']}, code {d['codeHash']})" if d else
+                                           " (daemon not running)"), quiet=__version__)
+
+
+def _doctor_checks() -> list[dict]:
+    config = options().config
+    checks: list[dict] = []
+
+    def add(name: str, ok: bool, detail: str, fix: str = "") -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail, "fix": fix})
+
+    problem = check_home(config.home)
+    add("home", problem is None and config.home.exists(), problem or str(config.home),
+        "" if problem is None else f"chmod 700 {config.home}")
+    pid = read_pid(config.pid_file)
+    live = supervisor_running(config)
+    if pid and not live:
+        add("pid file", False, f"stale pid file names {pid}, which is not running", "pd start (cleans it)")
+    else:
+        add("pid file", True, f"pid {live}" if live else "no daemon running")
+    for name, path in (("ipc socket", config.ipc), ("http socket", config.sock)):
+        if path.exists():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            answering = socket_answers(path)
+            add(name, answering and mode & 0o077 == 0, f"{path} mode {mode:o}, {'answers' if answering else 'dead'}",
+                "" if answering else "pd start (removes a stale socket)")
+        else:
+            add(name, not live, f"{path} missing", "pd start" if live else "")
+    if config.key_path.exists():
+        mode = stat.S_IMODE(config.key_path.stat().st_mode)
+        size = config.key_path.stat().st_size
+        add("master key", mode == 0o600 and size == 32, f"{config.key_path} mode {mode:o}, {size} bytes",
+            f"chmod 600 {config.key_path}" if mode != 0o600 else "")
+    else:
+        add("master key", True, "not created yet (made on first start)")
+    if config.db_path.exists():
+        import sqlite3
+
+        try:
+            db = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=2)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            db.close()
+            add("database", verdict == "ok", f"{config.db_path}: {verdict}")
+        except sqlite3.Error as exc:
+            add("database", False, f"{config.db_path}: {exc}", "restore state.db from a backup")
+    else:
+        add("database", True, "not created yet")
+    if not config.no_tcp and not live:
+        import socket
+
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", config.tcp_port))
+            add("tcp port", True, f"{config.tcp_port} free")
+        except OSError:
+            add("tcp port", False, f"{config.tcp_port} is used by another program",
+                "set PORT_DADDY_PORT or tcp_port in config.yaml")
+        finally:
+            s.close()
+    if live:
+        try:
+            with Client(config, timeout=3.0, connect_retry_s=0) as c:
+                c.call("daemon.health")
+            add("daemon", True, "answers over IPC")
+        except OpError as exc:
+            add("daemon", False, exc.message, f"see {config.log_path}: {log_tail(config, 1)}")
+    return checks
+
+
+@click.command()
+@output_options
+def doctor() -> None:
+    """Check sockets, permissions, key, database, stale pid file and port; say what to do."""
+    checks = _doctor_checks()
+    ok = all(c["ok"] for c in checks)
+    lines = [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" + (f"\n     fix: {c['fix']}" if
+                                                                                  not c["ok"] and c["fix"] else "")
+             for c in checks]
+    output({"ok": ok, "checks": checks}, "\n".join(lines), quiet="ok" if ok else "fail")
+    if not ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--prometheus", is_flag=True, help="Print the Prometheus text format.")
+@output_options
+def metrics(prometheus: bool) -> None:
+    """Daemon counters and gauges."""
+    result = call("daemon.metrics")
+    output(result, lambda r: json.dumps(r, indent=2, sort_keys=True))
+
+
+@click.command("config")
+@output_options
+def config_cmd() -> None:
+    """The configuration in force."""
+    result = call("daemon.config")
+    output(result, lambda r: "\n".join(f"{k}: {v}" for k, v in sorted(r["config"].items())))
+
+
+@click.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--type", "type_", help="Only this activity type (e.g. service.claim).")
+@click.option("--agent", "agent_id", help="Only this agent's activity.")
+@output_options
+def activity(limit: int, type_: str | None, agent_id: str | None) -> None:
+    """Recent state changes, newest first."""
+    result = call("activity.list", limit=limit, type=type_, agentId=agent_id)
+    output(result, lambda r: table(r["activities"], [("id", "ID"), ("timestamp", "TIME"), ("type", "TYPE"),
+                                                     ("agentId", "AGENT"), ("target", "TARGET")]))
+
+
+def register(cli: click.Group) -> None:
+    for cmd in (start, stop, restart, status, version, doctor, metrics, config_cmd, activity):
+        cli.add_command(cmd)
+
+

@@ -1,0 +1,83 @@
+"""Starting and stopping the daemon from the CLI (the supervisor does the supervising)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from pdcore.client import Client
+from pdcore.config import Config
+from pdcore.errors import OpError
+from pdcore.paths import check_home
+from pdcore.supervisor import supervisor_running
+
+
+def _answers(config: Config) -> bool:
+    try:
+        with Client(config, timeout=2.0, transport="ipc", connect_retry_s=0) as c:
+            c.call("daemon.health")
+        with Client(config, timeout=2.0, transport="http", connect_retry_s=0) as c:
+            c.call("daemon.health")
+        return True
+    except OpError:
+        return False
+
+
+def log_tail(config: Config, lines: int = 8) -> str:
+    try:
+        return "\n".join(config.log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_daemon(config: Config, timeout: float = 30.0) -> int:
+    """Start the supervisor in the background; return its pid once the daemon answers."""
+    problem = check_home(config.home, create=True)
+    if problem:
+        raise RuntimeError(problem)
+    running = supervisor_running(config)
+    if running:
+        return running
+    env = dict(os.environ, PORT_DADDY_HOME=str(config.home))
+    fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "pdcore.supervisor"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited during start (code {proc.returncode}):\n{log_tail(config)}")
+        if _answers(config):
+            return proc.pid
+        time.sleep(0.05)
+    raise RuntimeError(f"the daemon did not answer within {timeout:.0f}s; see {config.log_path}:\n{log_tail(config)}")
+
+
+def stop_daemon(config: Config, timeout: float = 20.0) -> int | None:
+    """Ask the supervisor to drain and exit; return its pid, or None when it was not running."""
+    pid = supervisor_running(config)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return pid  # exited; its parent has not reaped it yet
+        except psutil.NoSuchProcess:
+            return pid
+        time.sleep(0.05)
+    raise RuntimeError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
+
+
+def run_foreground(config: Config) -> None:
+    """Replace this process with the supervisor (for systemd/launchd)."""
+    os.environ["PORT_DADDY_HOME"] = str(config.home)
+    os.execv(sys.executable, [sys.executable, "-m", "pdcore.supervisor"])

@@ -1,0 +1,465 @@
+"""The Python SDK: a sync `Client` and an asyncio `AsyncClient` with the same methods.
+
+Both sit on one `call(action, **args)`; every catalogue operation also has a method of its own
+(`port.claim` -> `client.port_claim(id=...)`), generated from the catalogue so the SDK can never
+name an operation the daemon lacks. Transport: the binary IPC socket (`daemon.ipc`) when it
+exists, else HTTP over `daemon.sock`, else HTTP over TCP. Operations that may be sent
+fire-and-forget (heartbeat, publish, pheromone spray) are sent that way over IPC by their
+generated methods unless `_reply=True` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import json
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pdcore import protocol as P
+from pdcore.config import Config, load_config
+from pdcore.errors import OpError
+from pdcore.ops import CATALOGUE, Op
+
+DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
+_conv_ids = itertools.count(1)
+
+
+def _next_conv() -> int:
+    return next(_conv_ids) % P.MAX_CONV_ID or 1
+
+
+def _reply_value(type_: int, payload: dict) -> Any:
+    if type_ == P.INFORM_DONE:
+        return payload.get("result")
+    if type_ in (P.REFUSE, P.FAILURE):
+        raise OpError.from_dict(payload)
+    if type_ == P.NOT_UNDERSTOOD:
+        raise OpError("not_understood", payload.get("error", "the daemon did not understand the frame"))
+    if type_ == P.AGREE:
+        return payload
+    raise OpError("internal", f"unexpected reply frame type 0x{type_:02x}")
+
+
+# -- HTTP fallback ---------------------------------------------------------------------------
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
+    """Call `op` over HTTP (Unix socket if present, else TCP) using its first route."""
+    route = op.routes[0]
+    path = route.path
+    rest = dict(args)
+    for arg in op.args:
+        token = "{" + arg.name + "}"
+        if token in path:
+            if arg.name not in rest:
+                raise OpError("missing_field", f"{arg.name} is required", arg.name)
+            path = path.replace(token, urllib.parse.quote(str(rest.pop(arg.name)), safe=""))
+    body = None
+    if route.method in ("GET", "HEAD"):
+        query = {k: (json.dumps(v) if isinstance(v, (dict, list, bool)) else str(v)) for k, v in rest.items()
+                 if v is not None}
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+    else:
+        body = json.dumps({k: v for k, v in rest.items() if v is not None})
+    if Path(config.sock).exists():
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(str(config.sock), timeout)
+    elif not config.no_tcp:
+        conn = http.client.HTTPConnection("127.0.0.1", config.tcp_port, timeout=timeout)
+    else:
+        raise OpError("unavailable", DOWN_MESSAGE)
+    try:
+        conn.request(route.method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read() or b"{}")
+    except (OSError, http.client.HTTPException, ValueError):
+        raise OpError("unavailable", DOWN_MESSAGE) from None
+    finally:
+        conn.close()
+    if not data.get("success", resp.status < 400):
+        raise OpError.from_dict(data)
+    data.pop("success", None)
+    return data
+
+
+# -- the sync client -------------------------------------------------------------------------
+class Client:
+    """A synchronous client; one per thread. `call()` raises OpError on refusal or failure."""
+
+    def __init__(self, config: Config | None = None, home: str | None = None, timeout: float = 30.0,
+                 transport: str = "auto", connect_retry_s: float = 3.0) -> None:
+        self.config = config or load_config(home)
+        self.timeout = timeout
+        self.transport = transport  # auto | ipc | http
+        self.connect_retry_s = connect_retry_s
+        self._sock: socket.socket | None = None
+        self._decoder = P.FrameDecoder(1 << 30)
+
+    # -- connection --
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        deadline = time.monotonic() + self.connect_retry_s
+        delay = 0.02
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(str(self.config.ipc))
+            except OSError:
+                s.close()
+                if time.monotonic() + delay > deadline:
+                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            self._sock = s
+            self._decoder = P.FrameDecoder(1 << 30)
+            return s
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _use_ipc(self) -> bool:
+        if self.transport == "ipc":
+            return True
+        if self.transport == "http":
+            return False
+        return self._sock is not None or Path(self.config.ipc).exists()
+
+    # -- calls --
+    def call(self, action: str, **args: Any) -> Any:
+        """Run one operation and return its result dict."""
+        op = CATALOGUE.get(action)
+        if op is None:
+            raise OpError("unknown_action", f"unknown action {action!r}", "action")
+        args = {k: v for k, v in args.items() if v is not None}
+        if not self._use_ipc():
+            return http_request(op, args, self.config, self._timeout_for(args))
+        payload = {"action": action, **args}
+        conv = _next_conv()
+        frame = P.encode(P.REQUEST, conv, payload)
+        sock = self._send(frame)
+        sock.settimeout(self._timeout_for(args))
+        try:
+            return self._await_reply(sock, conv)
+        except OSError:
+            self.close()
+            raise OpError("unavailable", "the connection to the daemon was lost before it answered; "
+                                         "the operation may or may not have been applied") from None
+
+    def fire(self, action: str, **args: Any) -> None:
+        """Send a fire-and-forget operation (no reply, even on error) over IPC."""
+        op = CATALOGUE.get(action)
+        if op is None or not op.fire_and_forget:
+            raise OpError("fire_and_forget_not_allowed", f"{action} cannot be sent fire-and-forget", "action")
+        args = {k: v for k, v in args.items() if v is not None}
+        if not self._use_ipc():
+            http_request(op, args, self.config, self.timeout)
+            return
+        self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
+
+    def _send(self, frame: bytes) -> socket.socket:
+        for attempt in (0, 1):
+            sock = self._connect()
+            try:
+                sock.sendall(frame)
+                return sock
+            except OSError:
+                self.close()
+                if attempt:
+                    raise OpError("unavailable", DOWN_MESSAGE) from None
+        raise AssertionError("unreachable")
+
+    def _timeout_for(self, args: dict) -> float:
+        wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
+                   default=0)
+        return self.timeout + wait / 1000.0
+
+    def _await_reply(self, sock: socket.socket, conv: int) -> Any:
+        while True:
+            data = sock.recv(262144)
+            if not data:
+                raise ConnectionResetError("daemon closed the connection")
+            for item in self._decoder.feed(data):
+                if isinstance(item, P.ProtocolError):
+                    raise OpError("internal", f"bad frame from the daemon: {item}")
+                type_, conv_id, body = item
+                if conv_id != conv:
+                    continue
+                return _reply_value(type_, P.unpack_payload(body))
+
+    def subscribe(self, *patterns: str, reconnect: bool = True) -> Subscription:
+        """Subscribe to channels or patterns (`myapp:*`); iterate the returned object for messages."""
+        return Subscription(self.config, list(patterns), reconnect=reconnect)
+
+
+class Subscription:
+    """Messages of subscribed channels, on a connection of its own.
+
+    Reconnects with backoff when the daemon goes away and replays the subscriptions, so a
+    watcher survives a daemon restart. Iterating yields delivery dicts
+    (`{"id", "channel", "message", "sender", "ts"}`); `next_message(timeout)` returns None on
+    timeout.
+    """
+
+    def __init__(self, config: Config, patterns: list[str], reconnect: bool = True) -> None:
+        if not patterns:
+            raise OpError("invalid_argument", "subscribe needs at least one channel or pattern", "channels")
+        self.config = config
+        self.patterns = patterns
+        self.reconnect = reconnect
+        self._sock: socket.socket | None = None
+        self._decoder = P.FrameDecoder(1 << 30)
+        self._pending: list[dict] = []
+        self.reconnects = 0
+        self._open(initial=True)
+
+    def _open(self, initial: bool = False) -> None:
+        delay = 0.05
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.settimeout(10)
+                s.connect(str(self.config.ipc))
+                conv = _next_conv()
+                s.sendall(P.encode(P.SUBSCRIBE, conv, {"channels": self.patterns}))
+                self._sock, self._decoder = s, P.FrameDecoder(1 << 30)
+                self._read_until_agree(conv)
+                return
+            except (OSError, ConnectionError):
+                s.close()
+                self._sock = None
+                if initial and not self.reconnect:
+                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                initial = False
+
+    def _read_until_agree(self, conv: int) -> None:
+        """Read until the daemon agrees to the subscription, keeping deliveries that come first."""
+        assert self._sock is not None
+        while True:
+            data = self._sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed")
+            agreed = False
+            for item in self._decoder.feed(data):
+                if isinstance(item, P.ProtocolError):
+                    continue
+                type_, conv_id, body = item
+                payload = P.unpack_payload(body)
+                if conv_id == conv:
+                    _reply_value(type_, payload)
+                    agreed = True
+                elif type_ == P.INFORM and payload.get("action") == "msg.delivery":
+                    payload.pop("action", None)
+                    self._pending.append(payload)
+            if agreed:
+                return
+
+    def next_message(self, timeout: float | None = None) -> dict | None:
+        """The next delivery, or None when `timeout` seconds pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._pending:
+            if self._sock is None:
+                if not self.reconnect:
+                    raise OpError("unavailable", DOWN_MESSAGE)
+                self._open()
+                self.reconnects += 1
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            self._sock.settimeout(remaining if remaining is not None else 30.0)
+            try:
+                data = self._sock.recv(262144)
+            except TimeoutError:
+                if deadline is None:
+                    continue
+                return None
+            except OSError:
+                data = b""
+            if not data:
+                self._sock.close()
+                self._sock = None
+                continue
+            for item in self._decoder.feed(data):
+                if isinstance(item, P.ProtocolError):
+                    continue
+                type_, _conv, body = item
+                payload = P.unpack_payload(body)
+                if type_ == P.INFORM and payload.get("action") == "msg.delivery":
+                    payload.pop("action", None)
+                    self._pending.append(payload)
+        return self._pending.pop(0)
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            msg = self.next_message()
+            if msg is not None:
+                yield msg
+
+    def close(self) -> None:
+        self.reconnect = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# -- the asyncio client ----------------------------------------------------------------------
+class AsyncClient:
+    """The asyncio twin of Client: same methods, awaited; many calls may be in flight at once."""
+
+    def __init__(self, config: Config | None = None, home: str | None = None, timeout: float = 30.0) -> None:
+        self.config = config or load_config(home)
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._reader_task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self._writer is not None and not self._writer.is_closing():
+            return self._writer
+        async with self._lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            delay = 0.02
+            deadline = time.monotonic() + 3.0
+            while True:
+                try:
+                    self._reader, self._writer = await asyncio.open_unix_connection(str(self.config.ipc))
+                    break
+                except OSError:
+                    if time.monotonic() + delay > deadline:
+                        raise OpError("unavailable", DOWN_MESSAGE) from None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(self._reader))
+            return self._writer
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        decoder = P.FrameDecoder(1 << 30)
+        try:
+            while True:
+                data = await reader.read(262144)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, P.ProtocolError):
+                        continue
+                    type_, conv_id, body = item
+                    fut = self._waiters.pop(conv_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result((type_, P.unpack_payload(body)))
+        finally:
+            for fut in self._waiters.values():
+                if not fut.done():
+                    fut.set_exception(OpError("unavailable", "the connection to the daemon was lost before it "
+                                                             "answered; the operation may or may not have applied"))
+            self._waiters.clear()
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+
+    async def call(self, action: str, **args: Any) -> Any:
+        op = CATALOGUE.get(action)
+        if op is None:
+            raise OpError("unknown_action", f"unknown action {action!r}", "action")
+        args = {k: v for k, v in args.items() if v is not None}
+        if not Path(self.config.ipc).exists() and self._writer is None:
+            return await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
+        writer = await self._connect()
+        conv = _next_conv()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[conv] = fut
+        writer.write(P.encode(P.REQUEST, conv, {"action": action, **args}))
+        wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
+                   default=0)
+        try:
+            type_, payload = await asyncio.wait_for(fut, self.timeout + wait / 1000.0)
+        finally:
+            self._waiters.pop(conv, None)
+        return _reply_value(type_, payload)
+
+    async def fire(self, action: str, **args: Any) -> None:
+        op = CATALOGUE.get(action)
+        if op is None or not op.fire_and_forget:
+            raise OpError("fire_and_forget_not_allowed", f"{action} cannot be sent fire-and-forget", "action")
+        writer = await self._connect()
+        writer.write(P.encode(P.REQUEST, 0, {"action": action, **{k: v for k, v in args.items() if v is not None}}))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+        self._writer = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# -- generated methods -----------------------------------------------------------------------
+def _make_sync(op: Op):
+    name = op.name
+    if op.fire_and_forget:
+        def method(self: Client, _reply: bool = False, **args: Any) -> Any:
+            if _reply or not self._use_ipc():
+                return self.call(name, **args)
+            return self.fire(name, **args)
+    else:
+        def method(self: Client, **args: Any) -> Any:
+            return self.call(name, **args)
+    method.__name__ = op.method_name
+    method.__doc__ = f"{op.summary}\n\nOperation `{name}`; arguments: {', '.join(a.name for a in op.args) or 'none'}."
+    return method
+
+
+def _make_async(op: Op):
+    name = op.name
+    if op.fire_and_forget:
+        async def method(self: AsyncClient, _reply: bool = False, **args: Any) -> Any:
+            if _reply:
+                return await self.call(name, **args)
+            return await self.fire(name, **args)
+    else:
+        async def method(self: AsyncClient, **args: Any) -> Any:
+            return await self.call(name, **args)
+    method.__name__ = op.method_name
+    method.__doc__ = _make_sync(op).__doc__
+    return method
+
+
+for _op in CATALOGUE.values():
+    setattr(Client, _op.method_name, _make_sync(_op))
+    setattr(AsyncClient, _op.method_name, _make_async(_op))

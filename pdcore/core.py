@@ -1,0 +1,610 @@
+"""The core process: one thread, uvloop, every piece of state, the only database writer.
+
+Bytes arrive on `daemon.ipc` (public clients) and `core.sock` (HTTP workers), become frames
+(pdcore.protocol), then calls of catalogue operations on the State. Replies made while handling
+one loop tick are held; at the end of the tick ONE database transaction commits every durable
+change of the tick, and only then are the replies written, one write per connection (group
+commit). Calls that must wait are parked and retried when the state they wait on changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from pdcore import protocol as P
+from pdcore.config import Config, load_config
+from pdcore.errors import OpError
+from pdcore.ops import CATALOGUE, VALIDATORS
+from pdcore.paths import check_home, remove_stale_socket
+from pdcore.state import Ctx, Park, State
+from pdcore.store import Store
+
+log = logging.getLogger("pd.core")
+
+_unpackb = msgpack.unpackb
+_pack = msgpack.Packer(use_bin_type=True).pack
+_header = P.HEADER.pack
+_MAX_WAKE_ROUNDS = 1000
+
+
+class Parked:
+    """A call waiting in the core for its keys to be woken or its deadline to pass."""
+
+    __slots__ = ("seq", "action", "handler", "args", "conn", "conv_id", "agent_id", "keys", "timer", "done",
+                 "on_timeout", "durable")
+
+    def __init__(self, seq: int, action: str, handler: Callable, args: dict, conn: Connection, conv_id: int,
+                 agent_id: str | None, park: Park, durable: bool) -> None:
+        self.seq = seq
+        self.action = action
+        self.handler = handler
+        self.args = args
+        self.conn = conn
+        self.conv_id = conv_id
+        self.agent_id = agent_id
+        self.keys = tuple(park.keys)
+        self.on_timeout = park.on_timeout
+        self.timer: Any = None
+        self.done = False
+        self.durable = durable
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: frame decoding, rate limit, strikes, flow control."""
+
+    __slots__ = ("core", "public", "id", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
+                 "subs", "parked", "closed", "reading_paused", "dropped")
+
+    def __init__(self, core: Core, public: bool) -> None:
+        self.core = core
+        self.public = public
+        self.id = 0
+        self.transport: asyncio.Transport | None = None
+        self.decoder = P.FrameDecoder(core.config.ipc_max_message)
+        self.out: list[bytes] = []
+        self.strikes = 0
+        self.tokens = float(core.config.ipc_rate_limit)
+        self.refill_at = time.monotonic()
+        self.subs: set[str] = set()
+        self.parked: dict[int, Parked] = {}
+        self.closed = False
+        self.reading_paused = False
+        self.dropped = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=self.core.config.ipc_write_high_water)  # type: ignore[attr-defined]
+        self.core.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.core.connection_closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.core.frames_received(self, data)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests until it does.
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # -- output ----------------------------------------------------------------------------
+    def send(self, frame: bytes) -> None:
+        if not self.closed:
+            if not self.out:
+                self.core.dirty.append(self)
+            self.out.append(frame)
+            self.core.schedule_flush()
+
+    def take_token(self, now: float) -> bool:
+        rate = self.core.config.ipc_rate_limit
+        if rate <= 0 or not self.public:
+            return True
+        tokens = min(float(rate), self.tokens + (now - self.refill_at) * rate)
+        self.refill_at = now
+        if tokens < 1.0:
+            self.tokens = tokens
+            return False
+        self.tokens = tokens - 1.0
+        return True
+
+
+def _reply_error(action: str | None, err: OpError) -> bytes:
+    body = {"action": action, **err.to_dict()}
+    return _pack(body)
+
+
+class Core:
+    """Owns the State, the listeners, the parked calls and the subscriptions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_event_loop()
+        self.store = Store(config.db_path, config.db_synchronous)
+        self.store.migrate()
+        self.state = State(self.store, config, deliver=self.deliver)
+        self.state.offload = self.offload  # type: ignore[method-assign]
+        self.timers = self.state.timers
+        self.timers.on_change = self._arm_timer
+        self.stats = self.state.daemon.stats  # type: ignore[attr-defined]
+        for key in ("frames", "ops", "errors", "ff_dropped", "rate_limited", "violations", "connections",
+                    "refused_connections", "delivered", "delivery_dropped", "commits", "parked"):
+            self.stats[key] = 0
+        self.conns: dict[int, Connection] = {}
+        self.public_count = 0
+        self._next_conn_id = 1
+        self.dirty: list[Connection] = []
+        self._flush_scheduled = False
+        self._park_seq = 0
+        self.waiting: dict[Any, list[Parked]] = {}
+        self.subs_exact: dict[str, set[Connection]] = {}
+        self.subs_pattern: dict[str, set[Connection]] = {}
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pd-offload")
+        self.servers: list[asyncio.AbstractServer] = []
+        self.stopping = asyncio.Event()
+
+    # -- start and stop --------------------------------------------------------------------
+    async def start(self) -> None:
+        self.state.load()
+        self._arm_timer()
+        for path, public in ((self.config.ipc, True), (self.config.core_sock, False)):
+            remove_stale_socket(Path(path))
+            old_umask = os.umask(0o177)
+            try:
+                server = await self.loop.create_unix_server(lambda p=public: Connection(self, p), str(path),
+                                                            backlog=1024)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o600)
+            self.servers.append(server)
+        log.info("event=core.ready pid=%d ipc=%s core_sock=%s services=%d", os.getpid(), self.config.ipc,
+                 self.config.core_sock, self.state.counts().get("services", 0))
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, answer what was handled, commit, close the database."""
+        for server in self.servers:
+            server.close()
+        self._flush()
+        for conn in list(self.conns.values()):
+            if conn.transport is not None:
+                conn.transport.close()
+        self.store.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for path in (self.config.ipc, self.config.core_sock):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        log.info("event=core.stopped")
+
+    # -- connections -----------------------------------------------------------------------
+    def connection_opened(self, conn: Connection) -> None:
+        conn.id = self._next_conn_id
+        self._next_conn_id += 1
+        if conn.public:
+            if self.public_count >= self.config.ipc_max_connections:
+                self.stats["refused_connections"] += 1
+                err = OpError("too_many_connections",
+                              f"the daemon serves at most {self.config.ipc_max_connections} IPC connections")
+                conn.transport.write(P.encode_body(P.REFUSE, 0, _reply_error(None, err)))  # type: ignore[union-attr]
+                conn.closed = True
+                conn.transport.close()  # type: ignore[union-attr]
+                return
+            self.public_count += 1
+        self.conns[conn.id] = conn
+        self.stats["connections"] += 1
+
+    def connection_closed(self, conn: Connection) -> None:
+        if self.conns.pop(conn.id, None) is None:
+            return
+        if conn.public:
+            self.public_count -= 1
+        for pattern in conn.subs:
+            self._unsubscribe(conn, pattern)
+        conn.subs.clear()
+        for parked in list(conn.parked.values()):
+            self._finish_parked(parked)
+        conn.parked.clear()
+        self.state.connection_closed(conn.id)
+        self._after_state_change()
+
+    # -- frames ----------------------------------------------------------------------------
+    def frames_received(self, conn: Connection, data: bytes) -> None:
+        now_mono = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        stats = self.stats
+        for item in conn.decoder.feed(data):
+            if conn.closed:
+                return
+            if isinstance(item, P.ProtocolError):
+                self._violation(conn, item)
+                continue
+            type_, conv_id, body = item
+            stats["frames"] += 1
+            if not conn.take_token(now_mono):
+                stats["rate_limited"] += 1
+                if conv_id:
+                    err = OpError("rate_limited", f"more than {self.config.ipc_rate_limit} frames/s on this connection")
+                    conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(None, err)))
+                else:
+                    stats["ff_dropped"] += 1
+                continue
+            try:
+                payload = _unpackb(body, raw=False, strict_map_key=False)
+            except Exception:
+                self._violation(conn, P.ProtocolError("bad_payload", "payload is not MessagePack", conv_id))
+                continue
+            if not isinstance(payload, dict):
+                self._violation(conn, P.ProtocolError("bad_payload", "payload must be a MessagePack map", conv_id))
+                continue
+            if type_ == P.REQUEST or type_ == P.QUERY_REF or type_ == P.QUERY_IF or type_ == P.INFORM:
+                self.dispatch(conn, conv_id, payload, now_ms)
+            elif type_ == P.SUBSCRIBE or type_ == P.UNSUBSCRIBE:
+                self._subscription(conn, type_, conv_id, payload)
+            elif type_ == P.CANCEL:
+                self._cancel(conn, conv_id)
+            else:
+                self._violation(conn, P.ProtocolError(
+                    "unexpected_type", f"{P.NAMES.get(type_, hex(type_))} is not sent by clients", conv_id))
+
+    def _violation(self, conn: Connection, err: P.ProtocolError) -> None:
+        if err.code == "too_large":
+            if err.conv_id:
+                conn.send(P.encode_body(P.FAILURE, err.conv_id, _reply_error(None, OpError("too_large", str(err)))))
+            return
+        self.stats["violations"] += 1
+        conn.strikes += 1
+        body = _pack({"code": err.code, "error": str(err), "strikes": conn.strikes})
+        conn.send(P.encode_body(P.NOT_UNDERSTOOD, err.conv_id, body))
+        if conn.strikes >= self.config.ipc_strikes:
+            log.warning("event=ipc.strikes_out conn=%d code=%s", conn.id, err.code)
+            self._flush()
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.close()
+
+    # -- dispatch --------------------------------------------------------------------------
+    def dispatch(self, conn: Connection, conv_id: int, payload: dict, now_ms: int) -> None:
+        """Validate and run one operation; queue its reply (or park it)."""
+        stats = self.stats
+        action = payload.get("action")
+        op = CATALOGUE.get(action) if isinstance(action, str) else None
+        if op is None:
+            stats["errors"] += 1
+            if conv_id:
+                err = OpError("unknown_action", f"unknown action {action!r}", "action")
+                conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(None, err)))
+            return
+        if not conv_id and not op.fire_and_forget:
+            stats["ff_dropped"] += 1
+            return
+        stats["ops"] += 1
+        agent_id = payload.get("agentId")
+        if agent_id is not None and not isinstance(agent_id, str):
+            agent_id = None
+        ctx = Ctx(now_ms, conn if conn.public else None, agent_id, "ipc" if conn.public else "http")
+        handler = self.state.handler(op.handler)
+        try:
+            args = VALIDATORS[action](payload)
+            result = self._run(handler, ctx, args, op.durable)
+        except OpError as err:
+            stats["errors"] += 1
+            if conv_id:
+                type_ = P.FAILURE if err.status >= 500 else P.REFUSE
+                conn.send(P.encode_body(type_, conv_id, _reply_error(action, err)))
+            self._after_state_change()
+            return
+        except Exception:
+            stats["errors"] += 1
+            log.exception("event=op.crash action=%s", action)
+            if conv_id:
+                err = OpError("internal", f"{action} failed inside the daemon; see daemon.log")
+                conn.send(P.encode_body(P.FAILURE, conv_id, _reply_error(action, err)))
+            self._after_state_change()
+            return
+        if result.__class__ is Park:
+            if conv_id:
+                self._park(conn, conv_id, action, handler, args, agent_id, result, op.durable)
+        elif conv_id:
+            conn.send(P.encode_body(P.INFORM_DONE, conv_id, _pack({"action": action, "result": result})))
+        if self.state.pending_wakes:
+            self._process_wakes()
+
+    def _run(self, handler: Callable, ctx: Ctx, args: dict, durable: bool) -> Any:
+        if not durable:
+            return handler(ctx, **args)
+        store = self.store
+        store.begin_op()
+        try:
+            result = handler(ctx, **args)
+        except BaseException:
+            store.abort_op()
+            raise
+        store.end_op()
+        return result
+
+    def call_internal(self, action: str, **args: Any) -> Any:
+        """Run an operation from inside the core process (tests, housekeeping)."""
+        op = CATALOGUE[action]
+        ctx = Ctx(int(time.time() * 1000))
+        result = self._run(self.state.handler(op.handler), ctx, VALIDATORS[action](args), op.durable)
+        self._after_state_change()
+        return result
+
+    # -- parking ---------------------------------------------------------------------------
+    def _park(self, conn: Connection, conv_id: int, action: str, handler: Callable, args: dict,
+              agent_id: str | None, park: Park, durable: bool) -> None:
+        self._park_seq += 1
+        parked = Parked(self._park_seq, action, handler, args, conn, conv_id, agent_id, park, durable)
+        for key in parked.keys:
+            self.waiting.setdefault(key, []).append(parked)
+        parked.timer = self.timers.add(park.deadline, self._park_timeout, parked)
+        old = conn.parked.get(conv_id)
+        if old is not None:
+            self._finish_parked(old)
+        conn.parked[conv_id] = parked
+        self.stats["parked"] += 1
+
+    def _finish_parked(self, parked: Parked) -> None:
+        parked.done = True
+        if parked.timer is not None:
+            parked.timer.cancel()
+        for key in parked.keys:
+            waiters = self.waiting.get(key)
+            if waiters is not None:
+                try:
+                    waiters.remove(parked)
+                except ValueError:
+                    pass
+                if not waiters:
+                    del self.waiting[key]
+        if parked.conn.parked.get(parked.conv_id) is parked:
+            del parked.conn.parked[parked.conv_id]
+
+    def _park_timeout(self, parked: Parked) -> None:
+        if parked.done:
+            return
+        parked.timer = None
+        self._finish_parked(parked)
+        outcome = parked.on_timeout
+        if isinstance(outcome, OpError):
+            parked.conn.send(P.encode_body(P.REFUSE, parked.conv_id, _reply_error(parked.action, outcome)))
+        else:
+            parked.conn.send(P.encode_body(P.INFORM_DONE, parked.conv_id,
+                                           _pack({"action": parked.action, "result": outcome})))
+
+    def _cancel(self, conn: Connection, conv_id: int) -> None:
+        parked = conn.parked.get(conv_id)
+        if parked is not None:
+            self._finish_parked(parked)
+        if conv_id:
+            conn.send(P.encode_body(P.AGREE, conv_id, _pack({"action": "cancel", "cancelled": parked is not None})))
+
+    def _process_wakes(self) -> None:
+        """Retry parked calls whose keys were woken, oldest first, until nothing more wakes."""
+        state = self.state
+        for _ in range(_MAX_WAKE_ROUNDS):
+            keys = state.pending_wakes
+            if not keys:
+                return
+            state.pending_wakes = []
+            seen = set()
+            candidates: list[Parked] = []
+            for key in keys:
+                if key in seen:
+                    continue
+                seen.add(key)
+                candidates.extend(self.waiting.get(key, ()))
+            candidates.sort(key=lambda p: p.seq)
+            done_seqs = set()
+            for parked in candidates:
+                if parked.done or parked.seq in done_seqs:
+                    continue
+                done_seqs.add(parked.seq)
+                self._retry(parked)
+        log.error("event=wake.loop rounds=%d", _MAX_WAKE_ROUNDS)
+        state.pending_wakes = []
+
+    def _retry(self, parked: Parked) -> None:
+        ctx = Ctx(int(time.time() * 1000), parked.conn if parked.conn.public else None, parked.agent_id,
+                  "ipc" if parked.conn.public else "http")
+        ctx.retry = True
+        try:
+            result = self._run(parked.handler, ctx, parked.args, parked.durable)
+        except OpError as err:
+            self._finish_parked(parked)
+            parked.conn.send(P.encode_body(P.REFUSE, parked.conv_id, _reply_error(parked.action, err)))
+            return
+        except Exception:
+            log.exception("event=op.crash action=%s retry=1", parked.action)
+            self._finish_parked(parked)
+            err = OpError("internal", f"{parked.action} failed inside the daemon; see daemon.log")
+            parked.conn.send(P.encode_body(P.FAILURE, parked.conv_id, _reply_error(parked.action, err)))
+            return
+        if result.__class__ is Park:
+            return
+        self._finish_parked(parked)
+        parked.conn.send(P.encode_body(P.INFORM_DONE, parked.conv_id,
+                                       _pack({"action": parked.action, "result": result})))
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def _subscription(self, conn: Connection, type_: int, conv_id: int, payload: dict) -> None:
+        channels = payload.get("channels")
+        if channels is None:
+            one = payload.get("channel") or payload.get("pattern")
+            channels = [one] if one is not None else []
+        if not isinstance(channels, list) or not channels or not all(
+                isinstance(c, str) and 0 < len(c) <= 200 and "\x00" not in c for c in channels):
+            if conv_id:
+                err = OpError("invalid_argument", "channels must be a non-empty list of channel names or patterns",
+                              "channels")
+                conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error("subscribe", err)))
+            return
+        if type_ == P.SUBSCRIBE:
+            for ch in channels:
+                if ch not in conn.subs:
+                    conn.subs.add(ch)
+                    table = self.subs_pattern if ("*" in ch or "?" in ch) else self.subs_exact
+                    table.setdefault(ch, set()).add(conn)
+            action = "subscribe"
+        else:
+            for ch in channels:
+                if ch in conn.subs:
+                    conn.subs.discard(ch)
+                    self._unsubscribe(conn, ch)
+            action = "unsubscribe"
+        if conv_id:
+            conn.send(P.encode_body(P.AGREE, conv_id, _pack({"action": action, "channels": sorted(conn.subs)})))
+
+    def _unsubscribe(self, conn: Connection, ch: str) -> None:
+        table = self.subs_pattern if ("*" in ch or "?" in ch) else self.subs_exact
+        members = table.get(ch)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del table[ch]
+
+    def deliver(self, channel: str, message: dict) -> None:
+        """Push one published message to every connection subscribed to its channel."""
+        targets: set[Connection] = set(self.subs_exact.get(channel, ()))
+        for pattern, members in self.subs_pattern.items():
+            if fnmatch.fnmatchcase(channel, pattern):
+                targets |= members
+        if not targets:
+            return
+        frame = P.encode_body(P.INFORM, 0, _pack({"action": "msg.delivery", **message}))
+        limit = self.config.subscriber_queue_max
+        for conn in targets:
+            transport = conn.transport
+            if conn.closed or transport is None:
+                continue
+            if transport.get_write_buffer_size() + sum(map(len, conn.out)) > limit:
+                conn.dropped += 1
+                self.stats["delivery_dropped"] += 1
+                continue
+            conn.send(frame)
+            self.stats["delivered"] += 1
+
+    # -- time ------------------------------------------------------------------------------
+    def _arm_timer(self) -> None:
+        deadline = self.timers.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, (deadline - time.time() * 1000) / 1000)
+            self._timer_handle = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
+        self._timer_at = None
+        try:
+            self.timers.run_due(int(time.time() * 1000))
+        except Exception:
+            log.exception("event=timer.crash")
+        self._after_state_change()
+        self._arm_timer()
+
+    def _after_state_change(self) -> None:
+        if self.state.pending_wakes:
+            self._process_wakes()
+        if self.store.in_tx or self.dirty:
+            self.schedule_flush()
+
+    # -- off-thread work -------------------------------------------------------------------
+    def offload(self, fn: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
+        future = self.loop.run_in_executor(self._pool, fn)
+
+        def done(fut: asyncio.Future) -> None:
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            try:
+                then(None if exc else fut.result(), exc)
+            except Exception:
+                log.exception("event=offload.callback_crash")
+            self._after_state_change()
+
+        future.add_done_callback(done)
+
+    # -- group commit ----------------------------------------------------------------------
+    def schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """End of tick: commit every durable change, then write every reply (one write each)."""
+        self._flush_scheduled = False
+        try:
+            if self.store.commit():
+                self.stats["commits"] += 1
+        except Exception:
+            log.critical("event=commit.failed", exc_info=True)
+            # Nothing of this tick was acknowledged; restart from the database rather than diverge.
+            os._exit(70)
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            out = conn.out
+            if out and not conn.closed and conn.transport is not None:
+                conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            conn.out = []
+
+
+def setup_logging(config: Config) -> None:
+    logging.basicConfig(
+        level=os.environ.get("PORT_DADDY_LOG_LEVEL", "INFO").upper(),
+        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(config: Config) -> None:
+    core = Core(config)
+    await core.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, core.stopping.set)
+    await core.stopping.wait()
+    await core.stop()
+
+
+def main() -> None:
+    """Entry point of the core process (`python -m pdcore.core`), run by the supervisor."""
+    import uvloop
+
+    config = load_config()
+    setup_logging(config)
+    problem = check_home(config.home, create=True)
+    if problem:
+        print(f"port-daddy: {problem}", file=sys.stderr)
+        sys.exit(78)
+    socket.setdefaulttimeout(None)
+    uvloop.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

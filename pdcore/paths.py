@@ -1,0 +1,63 @@
+"""The home folder and its runtime files: safety checks and stale-file cleanup."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+
+def check_home(home: Path, create: bool = False) -> str | None:
+    """Return a one-line reason the home folder is unsafe, or None when it is fine.
+
+    The home must be owned by the current user and closed to group and others (0700).
+    """
+    home = Path(home)
+    if not home.exists():
+        if not create:
+            return None
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(home, 0o700)
+    st = home.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{home} is not a folder"
+    if st.st_uid != os.getuid():
+        return f"{home} belongs to another user (uid {st.st_uid}); refusing to start there"
+    if st.st_mode & 0o077:
+        return (f"{home} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                f"run `chmod 700 {home}` and start again")
+    return None
+
+
+def socket_answers(path: Path) -> bool:
+    """True when something accepts connections on the Unix socket at `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a crash; refuse to steal one that a live process answers on."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not stat.S_ISSOCK(path.lstat().st_mode):
+        raise RuntimeError(f"{path} exists and is not a socket; remove it by hand")
+    if socket_answers(path):
+        raise RuntimeError(f"{path} is in use by a running process")
+    path.unlink()
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        text = Path(pid_file).read_text().strip()
+        return int(text) if text else None
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,198 @@
+"""The supervisor: holds daemon.pid, starts the core and the HTTP server, restarts them.
+
+Like gunicorn's arbiter it keeps no application state. Each child is a small state machine
+(STARTING, RUNNING, BACKOFF, STOPPED); a child that dies is restarted after a backoff that
+doubles up to `restart_backoff_max_s` and resets once the child has run for 10 s. SIGTERM or
+SIGINT stop the HTTP server first (no new requests), then the core (which drains and
+commits), then remove the pid file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from pdcore.config import Config, load_config
+from pdcore.paths import check_home, read_pid, remove_stale_socket, socket_answers
+
+log = logging.getLogger("pd.supervisor")
+
+STABLE_AFTER_S = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    ready_socket: Path | None = None
+    proc: subprocess.Popen | None = None
+    state: str = "STOPPED"
+    started_at: float = 0.0
+    backoff_s: float = 0.25
+    restart_at: float = 0.0
+    restarts: int = 0
+    log_file: object = field(default=None, repr=False)
+
+
+def supervisor_running(config: Config) -> int | None:
+    """The pid of a live supervisor of this home, or None (a stale pid file is not one)."""
+    pid = read_pid(config.pid_file)
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return pid if "pdcore.supervisor" in cmdline else None
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = False
+        py = sys.executable
+        self.core = Child("core", [py, "-m", "pdcore.core"], ready_socket=config.ipc)
+        self.http = Child("http", [py, "-m", "workers.server"], ready_socket=config.sock)
+        self.children = [self.core, self.http]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Refuse an unsafe home or a second daemon; clean files a crash left behind."""
+        problem = check_home(self.config.home, create=True)
+        if problem:
+            raise SystemExit(f"port-daddy: {problem}")
+        other = supervisor_running(self.config)
+        if other:
+            raise SystemExit(f"port-daddy: already running (pid {other}); `pd stop` first")
+        if self.config.pid_file.exists():
+            log.info("event=stale_pid_file.removed path=%s", self.config.pid_file)
+            self.config.pid_file.unlink()
+        for path in (self.config.sock, self.config.ipc, self.config.core_sock):
+            try:
+                remove_stale_socket(Path(path))
+            except RuntimeError as exc:
+                raise SystemExit(f"port-daddy: {exc}") from None
+        tmp = self.config.pid_file.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.config.pid_file)
+        if not self.config.no_tcp:
+            self.config.port_file.write_text(f"{self.config.tcp_port}\n")
+            os.chmod(self.config.port_file, 0o600)
+
+    def spawn(self, child: Child) -> None:
+        env = dict(os.environ)
+        env["PORT_DADDY_HOME"] = str(self.config.home)
+        child.proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
+                                      stderr=sys.stderr, start_new_session=False)
+        child.state = "STARTING"
+        child.started_at = time.monotonic()
+        log.info("event=child.spawn name=%s pid=%d", child.name, child.proc.pid)
+
+    def wait_ready(self, child: Child, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.proc is None or child.proc.poll() is not None:
+                return False
+            if child.ready_socket is None or socket_answers(Path(child.ready_socket)):
+                child.state = "RUNNING"
+                return True
+            time.sleep(0.02)
+        return False
+
+    def run(self) -> int:
+        self.prepare()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            self.spawn(self.core)
+            if not self.wait_ready(self.core):
+                log.error("event=core.failed_to_start")
+                self.shutdown()
+                return 1
+            self.spawn(self.http)
+            self.wait_ready(self.http)
+            log.info("event=daemon.ready pid=%d", os.getpid())
+            while not self.stopping:
+                self.watch_once()
+                time.sleep(0.05)
+        finally:
+            self.shutdown()
+        return 0
+
+    def watch_once(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.state in ("STARTING", "RUNNING") and child.proc is not None:
+                code = child.proc.poll()
+                if code is None:
+                    if child.state == "STARTING" and child.ready_socket and socket_answers(Path(child.ready_socket)):
+                        child.state = "RUNNING"
+                    if now - child.started_at > STABLE_AFTER_S:
+                        child.backoff_s = 0.25
+                    continue
+                log.warning("event=child.exit name=%s code=%s backoff_s=%.2f", child.name, code, child.backoff_s)
+                child.state = "BACKOFF"
+                child.restart_at = now + child.backoff_s
+                child.backoff_s = min(child.backoff_s * 2, self.config.restart_backoff_max_s)
+            elif child.state == "BACKOFF" and now >= child.restart_at:
+                child.restarts += 1
+                self.spawn(child)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        """Stop HTTP first, then the core (it drains and commits), then drop the pid file."""
+        self.stopping = True
+        for child in (self.http, self.core):
+            proc = child.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                log.error("event=child.kill name=%s reason=no_exit_after_sigterm", child.name)
+                proc.kill()
+                proc.wait(timeout=5)
+            child.state = "STOPPED"
+        for path in (self.config.pid_file, self.config.port_file):
+            try:
+                if path == self.config.pid_file and read_pid(path) != os.getpid():
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        log.info("event=daemon.stopped")
+
+
+def main() -> None:
+    """`python -m pdcore.supervisor`: run the daemon in the foreground."""
+    config = load_config()
+    logging.basicConfig(level=os.environ.get("PORT_DADDY_LOG_LEVEL", "INFO").upper(),
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    try:
+        code = Supervisor(config).run()
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            sys.exit(1)
+        raise
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

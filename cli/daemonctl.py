@@ -43,7 +43,9 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
     running = supervisor_running(config)
     if running:
         return running
-    env = dict(os.environ, PORT_DADDY_HOME=str(config.home))
+    env = dict(os.environ, PORT_DADDY_HOME=str(config.home), PORT_DADDY_PORT=str(config.tcp_port))
+    if config.no_tcp:
+        env["PORT_DADDY_NO_TCP"] = "1"
     fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen([sys.executable, "-m", "pdcore.supervisor"], env=env, stdin=subprocess.DEVNULL,

@@ -1,0 +1,1 @@
+"""Service-manager units that `pd install` writes: a systemd user unit and a launchd agent."""

@@ -1,0 +1,87 @@
+"""Daemon lifecycle: refusing unsafe homes, stale files, doctor, dev daemon, install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, Daemon
+
+
+def run_pd(env: dict, *args: str, timeout: float = 40) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_refuses_home_open_to_others(tmp_path):
+    d = Daemon()
+    os.chmod(d.home, 0o755)
+    out = run_pd(d.env, "start")
+    assert out.returncode == 1 and "open to other users" in out.stderr and out.stderr.count("\n") == 1
+    os.chmod(d.home, 0o700)
+    d.stop()
+
+
+def test_stale_pid_file_and_socket_are_cleaned_on_start():
+    d = Daemon()
+    (d.home / "daemon.pid").write_text("999999\n")
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d.home / "daemon.ipc"))  # a socket file nobody answers on
+    s.close()
+    doctor = run_pd(d.env, "doctor")
+    assert doctor.returncode == 1 and "stale pid file" in doctor.stdout
+    try:
+        out = run_pd(d.env, "start")
+        assert out.returncode == 0, out.stderr
+        assert run_pd(d.env, "status").returncode == 0
+        doctor = run_pd(d.env, "doctor")
+        assert doctor.returncode == 0, doctor.stdout
+    finally:
+        run_pd(d.env, "stop")
+        d.stop()
+
+
+def test_dev_daemon_runs_beside_the_main_one(tmp_path, daemon):
+    env = {**daemon.env, "PORT_DADDY_DEV_HOME": str(tmp_path / "dev"),
+           "PORT_DADDY_DEV_PORT": str(__import__("tests.conftest").conftest.free_port())}
+    os.makedirs(tmp_path / "dev", mode=0o700)
+    try:
+        assert run_pd(env, "dev", "start").returncode == 0
+        assert run_pd(env, "dev", "status").returncode == 0
+        assert run_pd(env, "status").returncode == 0  # the main one is untouched
+    finally:
+        assert run_pd(env, "dev", "stop").returncode == 0
+    assert run_pd(env, "dev", "status").returncode == 1
+
+
+def test_install_writes_a_unit_that_runs_the_supervisor(tmp_path, daemon):
+    env = {**daemon.env, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    out = run_pd(env, "install", "--no-enable", "-q")
+    assert out.returncode == 0, out.stderr
+    unit = (tmp_path / "cfg/systemd/user/port-daddy.service").read_text()
+    assert "-m pdcore.supervisor" in unit and str(daemon.home) in unit
+    assert run_pd(env, "uninstall").returncode == 0
+    assert not (tmp_path / "cfg/systemd/user/port-daddy.service").exists()
+
+
+def test_unknown_command_suggests(daemon):
+    out = daemon.pd("claom", "x")
+    assert out.returncode == 2 and "Did you mean `pd claim`" in out.stderr
+
+
+def test_status_never_autostarts_but_claim_does():
+    d = Daemon()
+    env = {**d.env}
+    env.pop("PORT_DADDY_NO_AUTOSTART")
+    try:
+        out = run_pd(env, "status")
+        assert out.returncode == 1
+        assert not (d.home / "daemon.pid").exists()
+        claimed = run_pd(env, "claim", "auto:start", "-q")
+        assert claimed.returncode == 0 and "starting it" in claimed.stderr and claimed.stdout.strip().isdigit()
+    finally:
+        run_pd(env, "stop")
+        d.stop()

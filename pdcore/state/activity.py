@@ -22,6 +22,7 @@ class Activity(Primitive):
             "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)",
             (ctx.now, type, actor or ctx.agent_id, target, json.dumps(details, default=str) if details else None),
         )
+        self.root.notify("on_activity", ctx, type, target, details)
         self._since_prune += 1
         if self._since_prune >= max(100, self.config.activity_max // 10):
             self._since_prune = 0

@@ -56,6 +56,7 @@ class State:
             self.primitives[cls.name] = inst
             setattr(self, cls.name, inst)
         self._handlers: dict[str, Callable] = {}
+        self._hooks: dict[str, list[Callable]] = {}
 
     def load(self) -> None:
         """Rebuild in-memory state from the database (after migrations)."""
@@ -88,12 +89,14 @@ class State:
     def notify(self, hook: str, *args: Any) -> None:
         """Call `hook(*args)` on every primitive that defines it (cross-primitive events).
 
-        Hooks in use: `on_connection_closed(conn_id)`, `on_agent_dead(ctx, agent_id, pid)`.
+        Hooks in use: `on_connection_closed(conn_id)`, `on_agent_dead(ctx, agent_id, pid)`,
+        `on_activity(ctx, type, target, details)` (every activity record, e.g. for webhooks).
         """
-        for prim in self.primitives.values():
-            fn = getattr(prim, hook, None)
-            if fn is not None:
-                fn(*args)
+        fns = self._hooks.get(hook)
+        if fns is None:
+            fns = self._hooks[hook] = [getattr(p, hook) for p in self.primitives.values() if hasattr(p, hook)]
+        for fn in fns:
+            fn(*args)
 
     def connection_closed(self, conn_id: int) -> None:
         """An IPC connection went away: drop what was bound to it (locks, subscriptions)."""

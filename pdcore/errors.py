@@ -5,6 +5,7 @@ from __future__ import annotations
 # code -> HTTP status. Every code an operation may return is listed here, once.
 STATUS_BY_CODE: dict[str, int] = {
     "invalid_argument": 400,
+    "invalid_json": 400,
     "invalid_identity": 400,
     "invalid_name": 400,
     "invalid_pattern": 400,
@@ -14,7 +15,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "fire_and_forget_not_allowed": 400,
     "forbidden": 403,
     "bad_host": 403,
+    "bad_origin": 403,
     "not_found": 404,
+    "method_not_allowed": 405,
     "conflict": 409,
     "lock_held": 409,
     "claim_taken": 409,
@@ -31,6 +34,15 @@ STATUS_BY_CODE: dict[str, int] = {
     "too_many_connections": 429,
     "internal": 500,
     "unavailable": 503,
+    # issue 3: agents, sessions, notes, salvage
+    "session_active": 409,  # the agent already has an active session (use force, or end it)
+    "session_ended": 409,  # the session is completed or abandoned: no more notes, claims or phases
+    "invalid_state": 409,  # a salvage entry is not in a state that allows this step
+    # issue 4: webhooks
+    "webhook_target_refused": 400,  # the URL is (or resolves to) loopback/private/link-local/metadata
+    "webhook_limit": 409,  # webhook_max webhooks are registered already
+    # issue 5: tuples, harbors, arbiter (capability_denied, agent_overboard, expired above)
+    "harbor_full": 409,  # harbor_max_members agents are in the harbor already
 }
 
 

@@ -1,0 +1,157 @@
+"""`create_app(config)`: the Falcon WSGI app of the HTTP side.
+
+Routes come from the op catalogue (`workers.routes`); the HTTP side adds the event stream
+(`workers.sse`), `/openapi.json` (`workers.openapi`), Prometheus metrics (`workers.metrics`)
+and the dashboard at `/`. Every request passes the gate first (`workers.guard`: Host,
+Origin, size). Errors are turned into the JSON error body in one place, here: an `OpError`
+keeps its code and status, Falcon's own errors (no route, wrong method) get a code too, and
+anything unexpected is logged and answered 500 `internal` without taking the worker down.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.media
+
+from pdcore.config import Config
+from pdcore.errors import OpError
+from pdcore.ops import CATALOGUE
+from workers.corelink import CoreClient
+from workers.guard import Gate
+from workers.metrics import metrics_renderer
+from workers.openapi import SSE_PATH, build_spec
+from workers.routes import Core, OpResource, build_resources, router_template
+from workers.slots import Slots
+from workers.sse import ChannelEvents, StreamSource
+
+log = logging.getLogger("pd.http")
+
+DASHBOARD_HTML = Path(__file__).with_name("dashboard.html")
+RENDERERS = {"daemon.metrics": metrics_renderer}
+_CODE_BY_FALCON_STATUS = {
+    400: "invalid_argument", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    408: "timeout", 413: "too_large", 429: "rate_limited", 503: "unavailable",
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON fallback for values MessagePack can carry but JSON cannot."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one JSON shape of every failure."""
+    body: dict[str, Any] = {"success": False, "error": message, "code": code, "field": field}
+    body.update({k: v for k, v in extra.items() if k not in body and k != "action"})
+    return body
+
+
+def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
+    resp.status = status
+    resp.stream = None
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = body
+    if status in (429, 503):
+        resp.set_header("Retry-After", str(body.get("retryAfter", 1)))
+
+
+def handle_op_error(req: falcon.Request, resp: falcon.Response, ex: OpError, params: dict) -> None:
+    _send_error(resp, ex.status, error_body(ex.code, ex.message, ex.field, **ex.extra))
+
+
+def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
+    status = ex.status_code
+    code = _CODE_BY_FALCON_STATUS.get(status, "internal" if status >= 500 else "invalid_argument")
+    if status == 404:
+        message = f"no route for {req.method} {req.path}; GET /openapi.json lists every route"
+    elif status == 405:
+        message = f"{req.method} is not allowed on {req.path}; allowed: {(ex.headers or {}).get('Allow', '-')}"
+    else:
+        message = ex.description or ex.title or f"HTTP {status}"
+    for name, value in (ex.headers or {}).items():
+        resp.set_header(name, value)
+    _send_error(resp, status, error_body(code, message))
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+    if isinstance(ex, falcon.HTTPError):  # raised by Falcon itself after routing
+        handle_http_error(req, resp, ex, params)
+        return
+    log.exception("event=internal_error method=%s path=%s error=%s", req.method, req.path, type(ex).__name__)
+    _send_error(resp, 500, error_body(
+        "internal", f"internal error ({type(ex).__name__}) while serving {req.method} {req.path}; "
+        "details are in daemon.log"))
+
+
+class OpenApiDocument:
+    """`GET /openapi.json`, built once from the catalogue."""
+
+    def __init__(self) -> None:
+        self.spec = build_spec()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.spec
+
+
+class Dashboard:
+    """`GET /`: one static page that reads the JSON routes and the event stream."""
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = "text/html; charset=utf-8"
+        resp.set_header("Content-Security-Policy",
+                        "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+        resp.set_header("X-Frame-Options", "DENY")
+        resp.text = self.html
+
+
+def _mount(app: falcon.App, resources: dict[str, Any], template: str, method: str, responder: Any) -> None:
+    """Serve `method` on `template` with `responder`, beside any catalogue methods there."""
+    resource = resources.get(template)
+    if resource is None:
+        resource = resources[template] = OpResource(template)
+    setattr(resource, f"on_{method.lower()}", responder)
+
+
+def create_app(config: Config, core: Core | None = None) -> falcon.App:
+    """The WSGI app. `core` is the link to the core (a `CoreClient` unless a test injects one)."""
+    if core is None:
+        core = CoreClient(config.core_sock or config.home / "core.sock", config.http_core_connect_wait_ms)
+    slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
+
+    app = falcon.App(middleware=[Gate(config.http_max_body)], cors_enable=False)
+    app.req_options.strip_url_path_trailing_slash = True
+    app.req_options.auto_parse_form_urlencoded = False
+    json_handler = falcon.media.JSONHandler(
+        dumps=functools.partial(json.dumps, ensure_ascii=False, default=_jsonable))
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+
+    sse_template, sse_fields = router_template(SSE_PATH)
+    special = {("GET", sse_template), ("GET", "/"), ("GET", "/openapi.json")}
+    resources: dict[str, Any] = dict(build_resources(
+        CATALOGUE.values(), core, slots, config.http_max_body, RENDERERS, skip=special))
+    stream_source: StreamSource = core  # type: ignore[assignment]
+    events = ChannelEvents(stream_source, slots, config.sse_keepalive_s, next(iter(sse_fields)))
+    _mount(app, resources, sse_template, "GET", events.on_get)
+    _mount(app, resources, "/openapi.json", "GET", OpenApiDocument().on_get)
+    _mount(app, resources, "/", "GET", Dashboard(DASHBOARD_HTML.read_text()).on_get)
+    for template in sorted(resources):
+        app.add_route(template, resources[template])
+
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(OpError, handle_op_error)
+    return app

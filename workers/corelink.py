@@ -1,0 +1,296 @@
+"""The HTTP workers' link to the core: frames over `core.sock`, one connection per thread.
+
+A worker thread sends one REQUEST frame per HTTP request and reads until the reply that
+echoes its conv_id (anything else on the connection, e.g. a stale reply, is skipped). The
+connection is kept between requests; a connection the core closed (core restarted) is
+noticed before sending and replaced. When the core cannot be reached the caller gets an
+`OpError("unavailable")`, which the app turns into a 503 that says how to start it.
+
+Event streams (SSE) do not share the thread's connection: each opens a `CoreStream`.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pdcore import protocol as proto
+from pdcore.errors import OpError
+
+DEFAULT_REPLY_TIMEOUT_S = 30.0
+PARKED_GRACE_S = 10.0  # added to a request's own `wait`/`timeout` so the core answers first
+_RECV = 256 * 1024
+_MAX_REPLY = 1 << 28  # the core is a trusted peer; this only bounds a runaway reply
+
+_START_HINT = "start it with `pd start`"
+
+
+def core_unavailable(path: Path | str, why: str) -> OpError:
+    """The error every front door shows when the core is down or not answering."""
+    return OpError("unavailable", f"the Port Daddy core is not reachable at {path} ({why}); {_START_HINT}")
+
+
+def _ms(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0.0
+
+
+def reply_timeout(args: dict[str, Any], parks: bool = False) -> float:
+    """Seconds to wait for a reply: a parked op's own `wait`/`timeout` (ms) + a grace, else 30 s.
+
+    An op that parks by nature (long-poll with the core's default timeout) gets 30 s + grace,
+    so the core's own timeout reply always arrives first.
+    """
+    longest = max(_ms(args.get("wait")), _ms(args.get("timeout"))) / 1000.0
+    if longest:
+        return longest + PARKED_GRACE_S
+    return DEFAULT_REPLY_TIMEOUT_S + (PARKED_GRACE_S if parks else 0.0)
+
+
+def _connect(path: Path, connect_wait_s: float) -> socket.socket:
+    """Connect to core.sock, retrying briefly while the supervisor restarts the core."""
+    deadline = time.monotonic() + connect_wait_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                why = "no socket file" if isinstance(exc, FileNotFoundError) else "connection refused"
+                raise core_unavailable(path, why) from None
+            time.sleep(0.05)
+        except OSError as exc:
+            sock.close()
+            raise core_unavailable(path, exc.strerror or type(exc).__name__) from None
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True when the peer closed the connection (readable with nothing to read).
+
+    Peeks without changing the socket's blocking mode, so it is safe on a socket someone
+    else (the WSGI server) is using.
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except (OSError, ValueError):
+        return True
+
+
+class CoreLink:
+    """One connection to the core. Not thread-safe: `CoreClient` keeps one per thread."""
+
+    def __init__(self, path: Path, connect_wait_s: float) -> None:
+        self.path = path
+        self.connect_wait_s = connect_wait_s
+        self.sock: socket.socket | None = None
+        self.decoder = proto.FrameDecoder(_MAX_REPLY)
+        self._conv = 0
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.decoder = proto.FrameDecoder(_MAX_REPLY)
+
+    def _next_conv(self) -> int:
+        self._conv = self._conv % proto.MAX_CONV_ID + 1
+        return self._conv
+
+    def _ensure(self) -> socket.socket:
+        if self.sock is not None and peer_closed(self.sock):
+            self.close()
+        if self.sock is None:
+            self.sock = _connect(self.path, self.connect_wait_s)
+        return self.sock
+
+    def request(self, body: bytes, timeout_s: float, retry_after_send: bool) -> tuple[int, dict]:
+        """Send one packed REQUEST payload; return (frame type, reply payload).
+
+        A connection that breaks is replaced and the request sent again once: always when
+        sending failed, and after the send only when `retry_after_send` (the op is safe to
+        repeat), since the core may have applied it before it went away.
+        """
+        for attempt in (1, 2):
+            sock = self._ensure()
+            conv = self._next_conv()
+            try:
+                sock.settimeout(timeout_s)
+                sock.sendall(proto.encode_body(proto.REQUEST, conv, body))
+            except OSError as exc:
+                self.close()
+                if attempt == 2:
+                    raise core_unavailable(self.path, f"send failed: {exc.strerror or exc}") from None
+                continue
+            try:
+                return self._read_reply(sock, conv, timeout_s)
+            except TimeoutError:
+                self.close()  # a late reply must not be read as the next request's
+                raise OpError(
+                    "unavailable", f"the Port Daddy core did not answer within {timeout_s:g} s; "
+                    f"check `pd status` (or restart it with `pd start`)") from None
+            except (ConnectionError, OSError) as exc:
+                self.close()
+                if attempt == 2 or not retry_after_send:
+                    raise core_unavailable(self.path, f"connection lost: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _read_reply(self, sock: socket.socket, conv: int, timeout_s: float) -> tuple[int, dict]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            data = sock.recv(_RECV)
+            if not data:
+                raise ConnectionError("the core closed the connection")
+            for item in self.decoder.feed(data):
+                if isinstance(item, proto.ProtocolError):
+                    if item.conv_id == conv:
+                        raise OpError("internal", f"the core's reply could not be read: {item}")
+                    continue
+                type_, conv_id, payload = item
+                if conv_id != conv:
+                    continue  # a delivery or a reply to an abandoned request
+                return type_, proto.unpack_payload(payload)
+
+
+class CoreClient:
+    """Calls operations in the core: `call(action, args)` -> result dict, or raises OpError."""
+
+    def __init__(self, core_sock: Path | str, connect_wait_ms: int = 2000) -> None:
+        self.path = Path(core_sock)
+        self.connect_wait_s = max(0, connect_wait_ms) / 1000.0
+        self._local = threading.local()
+
+    def _link(self) -> CoreLink:
+        link = getattr(self._local, "link", None)
+        if link is None or self._local.pid != os.getpid():  # never reuse a socket across fork
+            link = self._local.link = CoreLink(self.path, self.connect_wait_s)
+            self._local.pid = os.getpid()
+        return link
+
+    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+             timeout_s: float | None = None) -> dict:
+        """Run one operation in the core and return its result."""
+        payload = dict(args)
+        payload["action"] = action
+        body = proto.pack_payload(payload)
+        wait = reply_timeout(args) if timeout_s is None else timeout_s
+        type_, reply = self._link().request(body, wait, retry_after_send=idempotent)
+        return result_of(type_, reply)
+
+    def close(self) -> None:
+        link = getattr(self._local, "link", None)
+        if link is not None:
+            link.close()
+
+    def stream(self) -> CoreStream:
+        """A new connection of its own, for one event stream."""
+        return CoreStream(self.path, self.connect_wait_s)
+
+
+def result_of(type_: int, reply: dict) -> dict:
+    """The result of a reply frame, or the OpError it carries."""
+    if type_ == proto.INFORM_DONE:
+        result = reply.get("result", {})
+        return result if isinstance(result, dict) else {"result": result}
+    if type_ in (proto.REFUSE, proto.FAILURE, proto.NOT_UNDERSTOOD):
+        fields = {k: v for k, v in reply.items() if k != "action"}
+        if "code" not in fields:
+            fields["code"] = "not_understood" if type_ == proto.NOT_UNDERSTOOD else "internal"
+        raise OpError.from_dict(fields)
+    raise OpError("internal", f"the core answered with an unexpected {proto.NAMES.get(type_, hex(type_))} frame")
+
+
+class CoreStream:
+    """A connection of its own that subscribes to channels and yields deliveries."""
+
+    def __init__(self, path: Path, connect_wait_s: float) -> None:
+        self.path = path
+        self.sock = _connect(path, connect_wait_s)
+        self.decoder = proto.FrameDecoder(_MAX_REPLY)
+        self.pending: list[dict] = []
+
+    def subscribe(self, channels: list[str], timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> dict:
+        """Send SUBSCRIBE and wait for its AGREE; a refusal raises OpError."""
+        try:
+            self.sock.settimeout(timeout_s)
+            self.sock.sendall(proto.encode(proto.SUBSCRIBE, 1, {"channels": channels}))
+        except OSError as exc:
+            self.close()
+            raise core_unavailable(self.path, f"send failed: {exc}") from None
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                answer: tuple[int, dict] | None = None
+                for type_, conv_id, payload in self._frames(deadline - time.monotonic()):
+                    if conv_id == 1 and answer is None:
+                        answer = (type_, payload)
+                    elif type_ == proto.INFORM and payload.get("action") == "msg.delivery":
+                        self.pending.append(payload)  # may arrive in the same read as the AGREE
+                if answer is not None:
+                    return answer[1] if answer[0] == proto.AGREE else result_of(*answer)
+        except TimeoutError:
+            self.close()
+            raise OpError("unavailable", f"the Port Daddy core did not answer a subscribe within {timeout_s:g} s") from None
+        except OSError as exc:
+            self.close()
+            raise core_unavailable(self.path, f"connection lost: {exc}") from None
+
+    def next_delivery(self, timeout_s: float) -> dict | None:
+        """The next delivery, or None when `timeout_s` passes without one."""
+        if self.pending:
+            return self.pending.pop(0)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                frames = self._frames(left)
+            except TimeoutError:
+                return None
+            for type_, _conv, payload in frames:
+                if type_ == proto.INFORM and payload.get("action") == "msg.delivery":
+                    self.pending.append(payload)
+            if self.pending:
+                return self.pending.pop(0)
+
+    def _frames(self, timeout_s: float) -> list[tuple[int, int, dict]]:
+        if timeout_s <= 0:
+            raise TimeoutError
+        self.sock.settimeout(timeout_s)
+        data = self.sock.recv(_RECV)
+        if not data:
+            raise ConnectionError("the core closed the connection")
+        out = []
+        for item in self.decoder.feed(data):
+            if isinstance(item, proto.ProtocolError):
+                continue
+            type_, conv_id, body = item
+            try:
+                out.append((type_, conv_id, proto.unpack_payload(body)))
+            except proto.ProtocolError:
+                continue
+        return out
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

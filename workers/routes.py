@@ -1,0 +1,177 @@
+"""Falcon resources built from the op catalogue: one responder per `Route` of every `Op`.
+
+A responder translates and forwards, it does not decide: it merges the request's query
+parameters, JSON body and path parameters (in that order, later wins), turns text into
+typed values by the op's schema, sends ONE frame to the core and writes the reply as JSON
+(`{"success": true, **result}` with `Route.status`). Validation of the values themselves is
+the core's (one place per decision).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import falcon
+
+from pdcore.errors import OpError
+from pdcore.ops.schema import Op, Route, coerce_text_args
+from workers.corelink import reply_timeout
+from workers.guard import client_key, unescape_param
+from workers.slots import Slots
+
+PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(:[^{}]+)?\}$")  # {name} or {name:converter}
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+PASSTHROUGH_QUERY = ("agentId",)  # accepted on any route: names the calling agent to the core
+
+# op name -> renderer(req, resp, result) returning True when it wrote the response itself.
+Renderer = Callable[[falcon.Request, falcon.Response, dict], bool]
+
+
+class Core(Protocol):
+    """What a responder needs from the core link (workers.corelink.CoreClient or a fake)."""
+
+    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+             timeout_s: float | None = None) -> dict: ...
+
+
+def router_template(path: str) -> tuple[str, dict[str, str]]:
+    """Name path fields by position so routes from different ops never conflict in Falcon.
+
+    `/agents/{id}/inbox/{messageId}` -> (`/agents/{p2}/inbox/{p4}`, {"p2": "id", "p4": "messageId"}).
+    Falcon refuses two differently named fields at the same level (`/agents/{id}` beside
+    `/agents/{agentId}/inbox`); the catalogue's names are restored per responder.
+    """
+    names: dict[str, str] = {}
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        match = PARAM_RE.match(segment)
+        if match:
+            names[f"p{i}"] = match.group(1)
+            segments[i] = f"{{p{i}{match.group(2) or ''}}}"
+        elif "{" in segment or "}" in segment:
+            raise ValueError(f"route {path!r}: only whole-segment fields like {{name}} are supported")
+    return "/".join(segments), names
+
+
+def read_json_object(req: falcon.Request, max_body: int) -> dict:
+    """The request body as a JSON object ({} when empty); 400 `invalid_json` otherwise."""
+    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    if not chunked and not req.content_length:
+        return {}
+    stream = req.stream if chunked else req.bounded_stream
+    data = stream.read(max_body + 1)
+    if len(data) > max_body:
+        raise OpError("too_large", f"request body is over the {max_body}-byte limit (http_max_body)", "body")
+    if not data.strip():
+        return {}
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OpError("invalid_json", f"request body is not valid JSON: {exc}", "body") from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise OpError("invalid_json", f"request body must be a JSON object ({{...}}), not {kind}", "body")
+    return obj
+
+
+def query_args(op: Op, req: falcon.Request) -> dict[str, Any]:
+    """Query parameters named by the op (typed by its schema); blank values mean absent."""
+    params = {k: v for k, v in req.params.items() if v not in ("", [])}
+    args = coerce_text_args(op, params)
+    for key in PASSTHROUGH_QUERY:
+        if key in params and key not in args:
+            value = params[key]
+            args[key] = value[-1] if isinstance(value, list) else value
+    return args
+
+
+@dataclass
+class Endpoint:
+    """One (op, route) pair: the responder Falcon calls for that method on that path."""
+
+    op: Op
+    route: Route
+    fields: dict[str, str]  # router field name -> the op's argument name
+    core: Core
+    slots: Slots
+    max_body: int
+    renderer: Renderer | None = None
+
+    def __post_init__(self) -> None:
+        self.arg_names = frozenset(a.name for a in self.op.args)
+        self.method = self.route.method.upper()
+
+    def arguments(self, req: falcon.Request, params: dict[str, Any]) -> dict[str, Any]:
+        args = query_args(self.op, req)
+        if self.method in BODY_METHODS:
+            body = read_json_object(req, self.max_body)
+            body.pop("action", None)
+            args.update(body)
+        path = {self.fields.get(k, k): unescape_param(v) if isinstance(v, str) else v for k, v in params.items()}
+        typed = coerce_text_args(self.op, path)
+        args.update({k: typed.get(k, v) for k, v in path.items()})
+        return args
+
+    def may_wait(self, args: dict[str, Any]) -> bool:
+        """True when this call may park in the core: an op that parks, asked to wait.
+
+        `wait` is opt-in (lock acquire, tuple take: no wait, no parking); an op without a
+        `wait` argument (long-poll, whose `timeout` has a default) always may.
+        """
+        if not self.op.parks:
+            return False
+        if "wait" in self.arg_names and "timeout" not in self.arg_names:
+            wait = args.get("wait")
+            return isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0
+        return True
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        args = self.arguments(req, params)
+        idempotent = self.method in READ_METHODS
+        if self.may_wait(args):
+            timeout_s = reply_timeout(args, parks=True)
+            with self.slots.held(client_key(req.env), f"{self.route.method} {self.route.path}"):
+                result = self.core.call(self.op.name, args, idempotent=idempotent, timeout_s=timeout_s)
+        else:
+            result = self.core.call(self.op.name, args, idempotent=idempotent)
+        if self.renderer is not None and self.renderer(req, resp, result):
+            return
+        resp.status = self.route.status
+        body: dict[str, Any] = {"success": True}
+        body.update(result)
+        resp.media = body
+
+
+class OpResource:
+    """All methods of one router template; `on_<method>` attributes are Endpoints."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.methods: dict[str, Endpoint] = {}
+
+    def add(self, endpoint: Endpoint) -> None:
+        method = endpoint.route.method.upper()
+        if method in self.methods:
+            other = self.methods[method].op.name
+            raise ValueError(f"{method} {endpoint.route.path} is routed to both {other} and {endpoint.op.name}")
+        self.methods[method] = endpoint
+        setattr(self, f"on_{method.lower()}", endpoint)
+
+
+def build_resources(ops: Iterable[Op], core: Core, slots: Slots, max_body: int,
+                    renderers: dict[str, Renderer], skip: set[tuple[str, str]]) -> dict[str, OpResource]:
+    """Resources keyed by router template, for every route of every op except `skip`."""
+    resources: dict[str, OpResource] = {}
+    for op in ops:
+        for route in op.routes:
+            template, fields = router_template(route.path)
+            if (route.method.upper(), template) in skip:
+                continue
+            resource = resources.setdefault(template, OpResource(template))
+            resource.add(Endpoint(op, route, fields, core, slots, max_body, renderers.get(op.name)))
+    return resources

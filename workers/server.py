@@ -1,0 +1,93 @@
+"""The HTTP process: gunicorn (gthread workers) serving `workers.app` on daemon.sock and TCP.
+
+    PORT_DADDY_HOME=... python -m workers.server
+
+is what the supervisor runs. The gunicorn master imports the app before forking (preload),
+so a worker that dies, even by `kill -9`, is replaced in milliseconds without re-importing.
+Binds `unix:<config.sock>` (created 0600 through the umask) and `127.0.0.1:<tcp_port>`
+unless `no_tcp`. Errors go to `daemon.log`; the access log is off unless `http_access_log`.
+SIGTERM stops gracefully: workers finish in-flight requests for `http_graceful_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from pdcore.config import Config, load_config
+
+SOCKET_UMASK = 0o177  # the Unix socket (and gunicorn's temp files) come out 0600
+
+
+def _post_worker_init(worker: Any) -> None:
+    from workers.sse import watch_worker
+
+    watch_worker(lambda: bool(worker.alive))
+
+
+def gunicorn_settings(config: Config) -> dict[str, Any]:
+    """The gunicorn settings for this config (kept apart so a test can read them)."""
+    binds = [f"unix:{config.sock}"]
+    if not config.no_tcp:
+        binds.append(f"127.0.0.1:{config.tcp_port}")
+    return {
+        "bind": binds,
+        "worker_class": "gthread",
+        "workers": max(1, config.http_workers),
+        "threads": max(1, config.http_threads),
+        "timeout": config.http_timeout_s,
+        "graceful_timeout": config.http_graceful_timeout_s,
+        "keepalive": config.http_keepalive_s,
+        "preload_app": True,
+        "umask": SOCKET_UMASK,
+        "accesslog": str(config.log_path) if config.http_access_log else None,
+        "errorlog": str(config.log_path),
+        "loglevel": "info",
+        "proc_name": "pd-http",
+        "control_socket_disable": True,
+        "post_worker_init": _post_worker_init,
+    }
+
+
+class HttpServer(BaseApplication):
+    """gunicorn configured from our Config instead of its command line."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_settings(self.config).items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from workers.app import create_app
+
+        _log_to(self.config)
+        return create_app(self.config)
+
+
+def _log_to(config: Config) -> None:
+    """Send the app's own log lines (logger `pd.http`) to daemon.log, beside gunicorn's."""
+    logger = logging.getLogger("pd.http")
+    if not any(getattr(h, "baseFilename", None) == str(config.log_path) for h in logger.handlers):
+        handler = logging.FileHandler(config.log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s pid=%(process)d level=%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers.server", description="Port Daddy HTTP side")
+    parser.add_argument("--home", help="home folder (default: PORT_DADDY_HOME or ~/.port-daddy)")
+    opts = parser.parse_args(argv)
+    config = load_config(opts.home)
+    HttpServer(config).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -25,6 +25,7 @@ from pdcore import protocol as P
 from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
+from pdcore.shm import ShmFirst
 
 DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
 _conv_ids = itertools.count(1)
@@ -110,6 +111,7 @@ class Client:
         self.connect_retry_s = connect_retry_s
         self._sock: socket.socket | None = None
         self._decoder = P.FrameDecoder(1 << 30)
+        self._shm = ShmFirst(self.config.shm_path) if self.config.shm_enabled and transport != "http" else None
 
     # -- connection --
     def _connect(self) -> socket.socket:
@@ -158,6 +160,10 @@ class Client:
         if op is None:
             raise OpError("unknown_action", f"unknown action {action!r}", "action")
         args = {k: v for k, v in args.items() if v is not None}
+        if self._shm is not None:
+            result = self._shm.try_call(action, args)
+            if result is not None:
+                return result
         if not self._use_ipc():
             return http_request(op, args, self.config, self._timeout_for(args))
         payload = {"action": action, **args}

@@ -29,6 +29,7 @@ class Config:
     db_path: Path | None = None
     key_path: Path | None = None
     log_path: Path | None = None
+    shm_path: Path | None = None  # state.shm, the service table in shared memory
     tcp_port: int = 9876
     no_tcp: bool = False
     # ports
@@ -36,6 +37,9 @@ class Config:
     port_range_end: int = 9999
     reserved_ports: list[int] = field(default_factory=lambda: [8000, 8080, 9876, 9877])
     probe_bound_ports: bool = True  # skip ports some process outside Port Daddy has bound
+    # shared memory (state.shm)
+    shm_enabled: bool = True
+    shm_slots: int = 131072  # hash slots of 512 bytes; a sparse file, only used pages cost memory
     # IPC
     ipc_max_connections: int = 256
     ipc_rate_limit: int = 500  # frames/s per public connection; 0 disables
@@ -112,6 +116,20 @@ class Config:
     harbor_max_members: int = 1000  # agents in one harbor
     arbiter_sweep_interval_ms: int = 30_000  # periodic check of heartbeats, locks of dead owners, notes
     arbiter_violations_max: int = 10_000  # oldest recorded violations are dropped beyond this
+    # -- fleet and spawn (docs/fleet.md). The core keeps the records; the fleet runner (`python -m fleet`
+    #    or a foreground `pd fleet up`) reads the rest of this block.
+    spawn_history_max: int = 1000  # agent runs kept (GET /spawn); the oldest finished ones go first
+    spawn_max_active: int = 64  # ad-hoc spawns waiting or running at once; beyond: spawn_limit (429)
+    fleet_runner_stale_ms: int = 30_000  # a runner silent this long no longer holds its fleets
+    fleet_report_interval_ms: int = 5000  # how often a runner reports its fleets' status to the core
+    fleet_heartbeat_interval_ms: int = 30_000  # heartbeats the runner sends on each running agent's behalf
+    fleet_run_timeout_ms: int = 30 * 60 * 1000  # an agent run's timeout when its `timeout` is not set
+    fleet_respawn_backoff_ms: int = 1000  # first respawn delay after a crash; doubles per respawn
+    fleet_respawn_backoff_max_ms: int = 60_000
+    fleet_kill_grace_ms: int = 5000  # SIGTERM, then SIGKILL after this long (timeout, kill, fleet down)
+    fleet_max_concurrent_default: int = 4  # a fleet's limits.max_concurrent_spawns when not set
+    fleet_queue_max: int = 100  # triggered runs waiting for a free slot; beyond: skipped
+    fleet_log_max_bytes: int = 10 * 1024 * 1024  # an agent's log file is rotated (one .1 kept) beyond this
     # supervisor
     restart_backoff_max_s: float = 10.0
 
@@ -126,6 +144,7 @@ class Config:
             "db_path": "state.db",
             "key_path": "master.key",
             "log_path": "daemon.log",
+            "shm_path": "state.shm",
         }
         for attr, name in defaults.items():
             value = getattr(self, attr)

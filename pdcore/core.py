@@ -29,6 +29,7 @@ from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
 from pdcore.paths import check_home, remove_stale_socket
+from pdcore.shm import ShmWriter, service_records
 from pdcore.state import Ctx, Park, State
 from pdcore.store import Store
 
@@ -163,11 +164,15 @@ class Core:
         self._timer_at: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pd-offload")
         self.servers: list[asyncio.AbstractServer] = []
+        self.shm: ShmWriter | None = None
         self.stopping = asyncio.Event()
 
     # -- start and stop --------------------------------------------------------------------
     async def start(self) -> None:
         self.state.load()
+        if self.config.shm_enabled:
+            self.shm = ShmWriter(self.config.shm_path, self.config.shm_slots)
+            self._publish_shm()
         self._arm_timer()
         for path, public in ((self.config.ipc, True), (self.config.core_sock, False)):
             remove_stale_socket(Path(path))
@@ -192,7 +197,7 @@ class Core:
                 conn.transport.close()
         self.store.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for path in (self.config.ipc, self.config.core_sock):
+        for path in (self.config.ipc, self.config.core_sock, self.config.shm_path):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -566,12 +571,21 @@ class Core:
             log.critical("event=commit.failed", exc_info=True)
             # Nothing of this tick was acknowledged; restart from the database rather than diverge.
             os._exit(70)
+        if self.shm is not None and self.state.ports.changed:  # type: ignore[attr-defined]
+            self._publish_shm()
         dirty, self.dirty = self.dirty, []
         for conn in dirty:
             out = conn.out
             if out and not conn.closed and conn.transport is not None:
                 conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
             conn.out = []
+
+
+    def _publish_shm(self) -> None:
+        """Mirror changed services into state.shm (after the commit, before the replies)."""
+        ports = self.state.ports  # type: ignore[attr-defined]
+        for ident, record in service_records(ports, ports.take_changed()):
+            self.shm.put(ident, record)  # type: ignore[union-attr]
 
 
 def setup_logging(config: Config) -> None:

@@ -23,6 +23,7 @@ import falcon.media
 from pdcore.config import Config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
+from pdcore.shm import ShmFirst
 from workers.corelink import CoreClient
 from workers.guard import Gate
 from workers.metrics import metrics_renderer
@@ -126,10 +127,27 @@ def _mount(app: falcon.App, resources: dict[str, Any], template: str, method: st
     setattr(resource, f"on_{method.lower()}", responder)
 
 
+class ShmFirstCore:
+    """The core link, but `port.get` is answered from state.shm when it can be (no round trip)."""
+
+    def __init__(self, core: CoreClient, shm: ShmFirst) -> None:
+        self.core = core
+        self.shm = shm
+
+    def call(self, action: str, args: dict, **kw: Any) -> dict:
+        result = self.shm.try_call(action, args)
+        return result if result is not None else self.core.call(action, args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+
 def create_app(config: Config, core: Core | None = None) -> falcon.App:
     """The WSGI app. `core` is the link to the core (a `CoreClient` unless a test injects one)."""
     if core is None:
         core = CoreClient(config.core_sock or config.home / "core.sock", config.http_core_connect_wait_ms)
+        if config.shm_enabled:
+            core = ShmFirstCore(core, ShmFirst(config.shm_path))
     slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
 
     app = falcon.App(middleware=[Gate(config.http_max_body)], cors_enable=False)

@@ -102,6 +102,7 @@ class Ports(Primitive):
             self.free.mark_used(p)
         self.with_pid: dict[str, Service] = {}
         self._pid_timer: Timer | None = None
+        self.changed: set[str] = set()  # identities changed since the core last published state.shm
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, now: int) -> None:
@@ -121,7 +122,13 @@ class Ports(Primitive):
     def counts(self) -> dict[str, int]:
         return {"services": len(self.trie)}
 
+    def take_changed(self) -> set[str]:
+        """Identities whose record changed since the last call (the core mirrors them to state.shm)."""
+        changed, self.changed = self.changed, set()
+        return changed
+
     def _index(self, svc: Service) -> None:
+        self.changed.add(svc.id)
         self.trie.set(svc.id, svc)
         self.by_port[svc.port] = svc
         self.free.mark_used(svc.port)
@@ -131,6 +138,7 @@ class Ports(Primitive):
             self.with_pid[svc.id] = svc
 
     def _unindex(self, svc: Service) -> None:
+        self.changed.add(svc.id)
         self.trie.delete(svc.id)
         del self.by_port[svc.port]
         if svc.port not in self.reserved:
@@ -246,6 +254,7 @@ class Ports(Primitive):
             svc.expires_at = ctx.now + expires
             svc.expiry_timer = self.root.timers.add(svc.expires_at, self._expire, svc.id, svc.expires_at)
         svc.updated_at = ctx.now
+        self.changed.add(svc.id)
         self.store.write(
             "UPDATE services SET pid=?, pid_start=?, cmd=?, cwd=?, metadata=?, pair=?, updated_at=?, expires_at=? "
             "WHERE id=?",
@@ -307,6 +316,7 @@ class Ports(Primitive):
         svc.endpoints = dict(svc.endpoints or {})
         svc.endpoints[env] = url
         svc.updated_at = ctx.now
+        self.changed.add(id)
         self.store.write("UPDATE services SET endpoints=?, updated_at=? WHERE id=?",
                          (json.dumps(svc.endpoints), ctx.now, id))
         self.root.activity.record(ctx, "service.endpoint", id, env=env)

@@ -150,3 +150,23 @@ def test_new_user_path(fresh_daemon):
     assert after.returncode == 1 and "not running" in after.stdout
     down = fresh_daemon.pd("claim", "myapp:api:main", "-q")
     assert down.returncode == 1 and "pd start" in down.stderr
+
+
+def test_shared_memory_answers_equal_the_core(daemon):
+    ident = f"{uid()}:api:shm"
+    with_shm = daemon.client()
+    without = Client(daemon.config, transport="ipc")
+    without._shm = None
+    with_shm.port_claim(id=ident, metadata={"k": 1})
+    assert with_shm._shm.try_call("port.get", {"id": ident}) == without.port_get(id=ident)
+    with_shm.port_set_endpoint(id=ident, env="dev", url="http://127.0.0.1:1")
+    assert with_shm._shm.try_call("port.get", {"id": ident}) == without.port_get(id=ident)
+    status, body = daemon.http("GET", f"/services/{ident}")
+    assert status == 200 and body["service"] == without.port_get(id=ident)["service"]
+    with_shm.port_release(id=ident)
+    try:
+        with_shm.port_get(id=ident)
+    except OpError as err:
+        assert err.code == "not_found"
+    else:
+        raise AssertionError("a released service must be gone from state.shm too")

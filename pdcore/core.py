@@ -39,6 +39,7 @@ _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
+CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 
 
 class Parked:
@@ -165,6 +166,8 @@ class Core:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pd-offload")
         self.servers: list[asyncio.AbstractServer] = []
         self.shm: ShmWriter | None = None
+        self._commits_since_checkpoint = 0
+        self._checkpointing = False
         self.stopping = asyncio.Event()
 
     # -- start and stop --------------------------------------------------------------------
@@ -555,6 +558,18 @@ class Core:
 
         future.add_done_callback(done)
 
+    def _checkpoint(self) -> None:
+        """Fold the WAL into the database on a pool thread so no commit stalls on it."""
+        self._checkpointing = True
+        self._commits_since_checkpoint = 0
+
+        def done(_result: Any, error: BaseException | None) -> None:
+            self._checkpointing = False
+            if error is not None:
+                log.warning("event=checkpoint.failed error=%s", error)
+
+        self.offload(self.store.checkpoint, done)
+
     # -- group commit ----------------------------------------------------------------------
     def schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -567,6 +582,9 @@ class Core:
         try:
             if self.store.commit():
                 self.stats["commits"] += 1
+                self._commits_since_checkpoint += 1
+                if self._commits_since_checkpoint >= CHECKPOINT_EVERY and not self._checkpointing:
+                    self._checkpoint()
         except Exception:
             log.critical("event=commit.failed", exc_info=True)
             # Nothing of this tick was acknowledged; restart from the database rather than diverge.

@@ -42,9 +42,12 @@ class Store:
         self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA temp_store=MEMORY")
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the core's thread
         self.in_tx = False
         self._op_active = False  # inside one durable op's call
         self._op_savepoint = False  # that op has written, under SAVEPOINT op
+        self._op_mark = 0  # index in `pending` where the current op's staged writes start
+        self.pending: list[tuple[str, tuple]] = []  # staged writes, run in batches
         self.commits = 0
         self.writes = 0
 
@@ -73,21 +76,67 @@ class Store:
             applied.append(number)
         return applied
 
-    def _before_write(self) -> None:
+    def _begin(self) -> None:
         if not self.in_tx:
             self.db.execute("BEGIN")
             self.in_tx = True
+
+    def _savepoint(self) -> None:
         if self._op_active and not self._op_savepoint:
             self.db.execute("SAVEPOINT op")
             self._op_savepoint = True
-        self.writes += 1
+
+    def _run_batch(self, batch: list[tuple[str, tuple]]) -> None:
+        """Run staged writes in order, consecutive writes of one statement as one executemany."""
+        i, n = 0, len(batch)
+        while i < n:
+            sql = batch[i][0]
+            j = i + 1
+            while j < n and batch[j][0] is sql:
+                j += 1
+            if j - i == 1:
+                self.db.execute(sql, batch[i][1])
+            else:
+                self.db.executemany(sql, [params for _, params in batch[i:j]])
+            i = j
+
+    def flush_pending(self) -> None:
+        """Run staged writes now (before a read or an immediate write, and at commit)."""
+        if not self.pending:
+            return
+        self._begin()
+        pending, self.pending = self.pending, []
+        if self._op_active:
+            earlier, mine = pending[:self._op_mark], pending[self._op_mark:]
+            self._run_batch(earlier)
+            if mine:
+                self._savepoint()
+                self._run_batch(mine)
+        else:
+            self._run_batch(pending)
+        self._op_mark = 0
 
     def write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        self._before_write()
+        """Run a write now (in the tick's transaction) and return its cursor."""
+        self.flush_pending()
+        self._begin()
+        self._savepoint()
+        self.writes += 1
         return self.db.execute(sql, params)
 
+    def stage(self, sql: str, params: tuple = ()) -> None:
+        """Queue a write whose cursor nobody needs; staged writes run in batches (hot paths).
+
+        Pass the same `sql` string object each time (a module constant) so batches group.
+        """
+        self.writes += 1
+        self.pending.append((sql, params))
+
     def write_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
-        self._before_write()
+        self.flush_pending()
+        self._begin()
+        self._savepoint()
+        self.writes += 1
         self.db.executemany(sql, rows)
 
     # An op's writes sit under a savepoint taken lazily at its first write, so a failing op
@@ -95,6 +144,7 @@ class Store:
     def begin_op(self) -> None:
         self._op_active = True
         self._op_savepoint = False
+        self._op_mark = len(self.pending)
 
     def end_op(self) -> None:
         if self._op_savepoint:
@@ -102,19 +152,23 @@ class Store:
         self._op_active = self._op_savepoint = False
 
     def abort_op(self) -> None:
-        if self._op_savepoint:
+        del self.pending[self._op_mark:]  # staged writes of the failed op
+        if self._op_savepoint:  # writes it already ran
             self.db.execute("ROLLBACK TO op")
             self.db.execute("RELEASE op")
         self._op_active = self._op_savepoint = False
 
     def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row | tuple]:
+        self.flush_pending()
         return self.db.execute(sql, params).fetchall()
 
     def read_one(self, sql: str, params: Iterable[Any] = ()) -> tuple | None:
+        self.flush_pending()
         return self.db.execute(sql, params).fetchone()
 
     def commit(self) -> bool:
         """Commit the tick's transaction; return True when there was one."""
+        self.flush_pending()
         if not self.in_tx:
             return False
         self.db.execute("COMMIT")
@@ -122,7 +176,16 @@ class Store:
         self.commits += 1
         return True
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database from a connection of its own (runs off the core's thread)."""
+        db = sqlite3.connect(self.path, timeout=5)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def rollback(self) -> None:
+        self.pending = []
         if self.in_tx:
             self.db.execute("ROLLBACK")
             self.in_tx = False

@@ -17,6 +17,7 @@ from pdcore.errors import OpError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._:/@*\-]{1,200}$")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+IDENTITY_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}(?::[A-Za-z0-9._\-]{1,64}){0,2}$")
 PATTERN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{0,64}\*?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -26,16 +27,15 @@ ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bo
 
 def check_identity(value: str, field_name: str = "id") -> str:
     """Validate `project[:stack[:context]]`, each segment 1-64 of [A-Za-z0-9._-]."""
+    if isinstance(value, str) and IDENTITY_RE.fullmatch(value):
+        return value
     if not isinstance(value, str):
         raise OpError("invalid_identity", f"{field_name} must be a string like project:stack:context", field_name)
-    parts = value.split(":")
-    if len(parts) > 3 or not all(SEGMENT_RE.match(p) for p in parts):
-        raise OpError(
-            "invalid_identity",
-            f"{field_name} must be project[:stack[:context]], each segment 1-64 characters of A-Z a-z 0-9 . _ -",
-            field_name,
-        )
-    return value
+    raise OpError(
+        "invalid_identity",
+        f"{field_name} must be project[:stack[:context]], each segment 1-64 characters of A-Z a-z 0-9 . _ -",
+        field_name,
+    )
 
 
 def check_identity_pattern(value: str, field_name: str = "pattern") -> str:
@@ -43,7 +43,7 @@ def check_identity_pattern(value: str, field_name: str = "pattern") -> str:
     if not isinstance(value, str):
         raise OpError("invalid_pattern", f"{field_name} must be a string", field_name)
     parts = value.split(":")
-    if len(parts) > 3 or not all(p and PATTERN_SEGMENT_RE.match(p) for p in parts):
+    if len(parts) > 3 or not all(p and PATTERN_SEGMENT_RE.fullmatch(p) for p in parts):
         raise OpError(
             "invalid_pattern",
             f"{field_name} must be an identity where a segment may be * or end in * (myapp:*, my*)",
@@ -151,7 +151,7 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
         return _string(arg, _TEXT_CONTROL_RE, 1 << 20)
     if t == "name":
         def check_name(v: Any) -> Any:
-            if not isinstance(v, str) or not NAME_RE.match(v):
+            if not isinstance(v, str) or not NAME_RE.fullmatch(v):
                 raise OpError("invalid_name", f"{name} must be 1-200 characters of A-Z a-z 0-9 . _ : / @ * -", name)
             return v
         return check_name

@@ -7,6 +7,8 @@ from typing import Any
 
 from pdcore.state.base import Ctx, Primitive
 
+_INSERT_ACTIVITY = "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)"
+
 
 class Activity(Primitive):
     name = "activity"
@@ -18,8 +20,8 @@ class Activity(Primitive):
 
     def record(self, ctx: Ctx, type: str, target: str | None = None, actor: str | None = None, **details: Any) -> None:
         """Append one record; every `activity_max // 10` records, drop those beyond `activity_max`."""
-        self.store.write(
-            "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)",
+        self.store.stage(
+            _INSERT_ACTIVITY,
             (ctx.now, type, actor or ctx.agent_id, target, json.dumps(details, default=str) if details else None),
         )
         self.root.notify("on_activity", ctx, type, target, details)

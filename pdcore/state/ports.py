@@ -23,6 +23,8 @@ from pdcore.state.trie import IdentityTrie, matches
 from pdcore.timers import Timer
 
 MAX_BOUND_PROBES = 256
+_INSERT_SERVICE = ("INSERT INTO services (id, port, pid, pid_start, cmd, cwd, status, metadata, pair, endpoints, "
+                   "created_at, updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def stable_hash(identity: str) -> int:
@@ -31,16 +33,18 @@ def stable_hash(identity: str) -> int:
 
 
 def port_is_bindable(port: int) -> bool:
-    """True when nothing else on this machine has bound `port` on loopback or any address."""
-    for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, "0.0.0.0")):
-        s = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            s.bind((addr, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return False
-        finally:
-            s.close()
+    """True when nothing else on this machine has bound `port` (IPv4).
+
+    One bind to the wildcard address suffices: it fails when any address (127.0.0.1 included)
+    holds the port, so a single syscall pair answers for loopback and all interfaces.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("0.0.0.0", port))
+    except OSError as exc:
+        return exc.errno not in (errno.EADDRINUSE, errno.EACCES)
+    finally:
+        s.close()
     return True
 
 
@@ -219,9 +223,8 @@ class Ports(Primitive):
         svc = Service(id=id, port=chosen, pid=pid, pid_start=pid_start, cmd=cmd, cwd=cwd, status="assigned",
                       metadata=metadata, pair=pair, endpoints=None, created_at=ctx.now, updated_at=ctx.now,
                       expires_at=expires_at)
-        self.store.write(
-            "INSERT INTO services (id, port, pid, pid_start, cmd, cwd, status, metadata, pair, endpoints, "
-            "created_at, updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self.store.stage(
+            _INSERT_SERVICE,
             (id, chosen, pid, pid_start, cmd, cwd, "assigned", json.dumps(metadata) if metadata else None, pair,
              None, ctx.now, ctx.now, expires_at),
         )

@@ -38,11 +38,15 @@ STATUS_BY_CODE: dict[str, int] = {
     "session_active": 409,  # the agent already has an active session (use force, or end it)
     "session_ended": 409,  # the session is completed or abandoned: no more notes, claims or phases
     "invalid_state": 409,  # a salvage entry is not in a state that allows this step
-    # issue 4: webhooks
+    # issue 4: locks, webhooks
+    "lock_limit": 429,  # the agent holds its maxLocks already
     "webhook_target_refused": 400,  # the URL is (or resolves to) loopback/private/link-local/metadata
     "webhook_limit": 409,  # webhook_max webhooks are registered already
     # issue 5: tuples, harbors, arbiter (capability_denied, agent_overboard, expired above)
     "harbor_full": 409,  # harbor_max_members agents are in the harbor already
+    # fleet and spawn (docs/fleet.md)
+    "fleet_running": 409,  # another runner (daemon or foreground) already runs this fleet
+    "spawn_limit": 429,  # spawn_max_active runs are active already
 }
 
 

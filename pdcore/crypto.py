@@ -1,0 +1,122 @@
+"""Note encryption at rest: AES-256-GCM under `master.key`, and the per-session hash chain.
+
+The key file is 32 raw random bytes, mode 0600, created once with O_EXCL. It is never
+regenerated: a missing key while encrypted notes exist, a key of the wrong length, or a key
+readable by others stops the daemon with `MasterKeyError` (a new key would make every stored
+note unreadable, and a readable key is no secret).
+
+Each note gets a fresh random 96-bit nonce; its associated data binds the ciphertext to its
+note id and session id, so a ciphertext moved to another row does not decrypt. The chain link
+of a note is an HMAC-SHA256 (key derived from the master key) over the previous link and the
+note's stored fields, ciphertext included: verifiable without decrypting, and not forgeable
+or guessable by someone holding only the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+GENESIS = "0" * 64  # the "previous link" of a session's first note
+_AD_PREFIX = b"pd-note-v1\x00"
+
+
+class MasterKeyError(RuntimeError):
+    """The master key cannot be used; the message says what is wrong and what to do."""
+
+
+def load_or_create_key(path: Path, notes_exist: bool) -> bytes:
+    """Return the master key at `path`, creating it (0600, O_EXCL) only when no note exists yet."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        if notes_exist:
+            raise MasterKeyError(
+                f"master key {path} is missing but encrypted notes exist in the database; restore the key "
+                "file from a backup (a new key would make every note unreadable)"
+            ) from None
+        return _create_key(path)
+    except OSError as exc:
+        raise MasterKeyError(f"master key {path} cannot be opened: {exc.strerror}; it must be a regular file") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MasterKeyError(f"master key {path} is not a regular file")
+        if info.st_uid != os.getuid():
+            raise MasterKeyError(f"master key {path} belongs to uid {info.st_uid}, not to you; fix its owner")
+        if info.st_mode & 0o077:
+            raise MasterKeyError(
+                f"master key {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600 "
+                f"(run: chmod 600 {path})"
+            )
+        key = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise MasterKeyError(
+            f"master key {path} is {len(key)} bytes long; it must be exactly {KEY_BYTES} bytes "
+            "(restore the original key file)"
+        )
+    return key
+
+
+def _create_key(path: Path) -> bytes:
+    key = os.urandom(KEY_BYTES)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:  # another process created it between our open and here
+        return load_or_create_key(path, notes_exist=True)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+def associated_data(note_id: int, session_id: str) -> bytes:
+    return _AD_PREFIX + str(note_id).encode() + b"\x00" + session_id.encode()
+
+
+class NoteCipher:
+    """Encrypts and authenticates note bodies, and computes the chain links."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise MasterKeyError(f"master key must be {KEY_BYTES} bytes")
+        self._aead = AESGCM(key)
+        self._chain_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pd-note-chain-v1").derive(key)
+
+    def encrypt(self, note_id: int, session_id: str, plaintext: str) -> tuple[bytes, bytes]:
+        """Return (nonce, ciphertext-with-tag) for a note body."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, plaintext.encode(), associated_data(note_id, session_id))
+
+    def decrypt(self, note_id: int, session_id: str, nonce: bytes, ciphertext: bytes) -> str | None:
+        """The note body, or None when the ciphertext does not authenticate under this key."""
+        try:
+            return self._aead.decrypt(nonce, ciphertext, associated_data(note_id, session_id)).decode()
+        except (InvalidTag, ValueError, UnicodeDecodeError):
+            return None
+
+    def link(self, prev: str, note_id: int, session_id: str, agent_id: str | None, type_: str,
+             created_at: int, nonce: bytes, ciphertext: bytes) -> str:
+        """The chain link of a note: HMAC over the previous link and every stored field."""
+        mac = hmac.new(self._chain_key, digestmod=hashlib.sha256)
+        for part in (prev.encode(), str(note_id).encode(), session_id.encode(), (agent_id or "").encode(),
+                     type_.encode(), str(created_at).encode(), nonce, ciphertext):
+            mac.update(len(part).to_bytes(4, "big"))
+            mac.update(part)
+        return mac.hexdigest()

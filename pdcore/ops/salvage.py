@@ -1,0 +1,51 @@
+"""Operations on the salvage queue (SPEC.md §5). 3.7 reached it as /salvage and /resurrection;
+both names route here."""
+
+from pdcore.ops.schema import Arg, Op, Route
+from pdcore.state.salvage import STATUSES
+
+_AGENT = Arg("agentId", "name", required=True, where="path", doc="the dead agent")
+_SESSION = Arg("sessionId", "name", doc="pick one entry when the agent died more than once")
+_ENTRY = {"agentId": "str", "status": "str", "entry": "dict"}
+
+
+def _both(method: str, path: str) -> tuple[Route, Route]:
+    return Route(method, "/salvage" + path), Route(method, "/resurrection" + path)
+
+
+OPS = (
+    Op("salvage.list", "salvage.list",
+       "The salvage queue: dead agents' sessions with purpose, files and last notes (open entries by default).",
+       args=(
+           Arg("project", "str", max_len=64, where="query"),
+           Arg("status", "str", choices=(*STATUSES, "all"), where="query"),
+           Arg("agentId", "name", where="query"),
+           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+       ),
+       reply={"entries": "list", "count": "int", "project": "str"},
+       routes=_both("GET", ""), cli=("salvage",)),
+    Op("salvage.pending", "salvage.pending", "Entries nobody has claimed yet.",
+       args=(Arg("project", "str", max_len=64, where="query"),
+             Arg("limit", "int", default=100, min=1, max=10_000, where="query")),
+       reply={"entries": "list", "count": "int"},
+       routes=_both("GET", "/pending"), cli=("salvage",)),
+    Op("salvage.claim", "salvage.claim",
+       "Take over a dead agent's work: exactly one claimer wins; its session inherits the files.",
+       args=(_AGENT, Arg("claimedBy", "name", required=True, doc="the agent taking over the work"), _SESSION),
+       reply={"agentId": "str", "claimedBy": "str", "sessionId": "str", "sessionCreated": "bool",
+              "inheritedFiles": "list", "conflicts": "list", "entry": "dict"},
+       durable=True, errors=("not_found", "already_claimed", "missing_field"),
+       routes=_both("POST", "/claim/{agentId}"), cli=("salvage claim",)),
+    Op("salvage.complete", "salvage.complete", "The salvaged work is done.",
+       args=(_AGENT, Arg("claimedBy", "name"), _SESSION),
+       reply=_ENTRY, durable=True, errors=("not_found", "invalid_state", "not_owner"),
+       routes=_both("POST", "/complete/{agentId}"), cli=("salvage complete",)),
+    Op("salvage.abandon", "salvage.abandon", "Give salvaged work back to the queue (pending again).",
+       args=(_AGENT, Arg("claimedBy", "name"), _SESSION),
+       reply={**_ENTRY, "releasedFiles": "list"}, durable=True, errors=("not_found", "invalid_state", "not_owner"),
+       routes=_both("POST", "/abandon/{agentId}"), cli=("salvage abandon",)),
+    Op("salvage.dismiss", "salvage.dismiss", "Drop a dead agent's open entries from the queue.",
+       args=(_AGENT, _SESSION),
+       reply={"agentId": "str", "dismissed": "int", "status": "str"}, durable=True, errors=("not_found",),
+       routes=_both("DELETE", "/{agentId}"), cli=("salvage dismiss",)),
+)

@@ -1,0 +1,242 @@
+"""Immutable, encrypted notes with a per-session hash chain (SPEC.md §4).
+
+There is no edit or delete operation, and triggers in the database refuse both. A body is
+encrypted (AES-256-GCM, `pdcore.crypto`) before it reaches SQL, so no note text is ever written
+to `state.db` or its WAL in plain form; activity records and events name a note, never quote it.
+Every note stores the chain link of the previous note of its session and its own link; the
+session row keeps the last link and the count, so a removed tail is caught too. The previous
+link is read from the database when appending (not cached), so a rolled-back operation can
+never leave a wrong link in memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pdcore.crypto import GENESIS, NoteCipher, load_or_create_key
+from pdcore.errors import OpError
+from pdcore.state.base import Ctx, Primitive
+
+NOTE_TYPES = ("progress", "decision", "blocker", "question", "handoff", "general", "commit")
+QUICK_PURPOSE = "Quick notes"
+CHANNEL = "pd:notes"
+AUDIT_BATCH = 2000  # notes checked per arbiter sweep
+
+_INSERT_COLUMNS = "id, session_id, agent_id, type, created_at, nonce, ciphertext, prev_hash, hash"
+# read as BLOB whatever is stored, so a row rewritten as text behind our back is reported, not a crash
+_NOTE_COLUMNS = ("id, session_id, agent_id, type, created_at, CAST(nonce AS BLOB), CAST(ciphertext AS BLOB), "
+                 "prev_hash, hash")
+
+
+class Notes(Primitive):
+    name = "notes"
+    load_order = 25
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.cipher: NoteCipher | None = None
+        self.added = 0
+        self._audited = 0  # highest note id the arbiter's audit has checked
+
+    def load(self, now: int) -> None:
+        notes_exist = self.store.read_one("SELECT 1 FROM notes LIMIT 1") is not None
+        self.cipher = NoteCipher(load_or_create_key(self.config.key_path, notes_exist))
+
+    def counts(self) -> dict[str, int]:
+        return {"notes_added": self.added}
+
+    # -- appending -------------------------------------------------------------------------
+    def check_note(self, content: Any, type: str = "general", field: str = "content") -> None:
+        """Refuse a note before anything changes: empty, too large, or of an unknown type."""
+        if not isinstance(content, str) or not content.strip():
+            raise OpError("missing_field", f"{field} must be the text of the note", field)
+        size = len(content.encode())
+        if size > self.config.note_max_bytes:
+            raise OpError("too_large", f"{field} is {size} bytes; a note holds at most {self.config.note_max_bytes} "
+                          "bytes (split it, or raise note_max_bytes)", field)
+        if type not in NOTE_TYPES:
+            raise OpError("invalid_argument", f"type must be one of: {', '.join(NOTE_TYPES)}", "type")
+
+    def apply_add(self, ctx: Ctx, session: Any, content: str, type: str = "general",
+                  agent_id: str | None = None) -> dict:
+        """Append a checked note to an active session. Must be the last step of an operation."""
+        assert self.cipher is not None
+        store = self.store
+        note_id = (store.read_one("SELECT MAX(id) FROM notes")[0] or 0) + 1
+        head = store.read_one("SELECT note_head FROM sessions WHERE id=?", (session.id,))
+        prev = head[0] if head and head[0] else GENESIS
+        agent = agent_id or session.agent_id
+        nonce, ciphertext = self.cipher.encrypt(note_id, session.id, content)
+        link = self.cipher.link(prev, note_id, session.id, agent, type, ctx.now, nonce, ciphertext)
+        store.write(f"INSERT INTO notes ({_INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (note_id, session.id, agent, type, ctx.now, nonce, ciphertext, prev, link))
+        store.write("UPDATE sessions SET note_count = note_count + 1, note_head=?, updated_at=? WHERE id=?",
+                    (link, ctx.now, session.id))
+        session.note_count += 1
+        session.updated_at = ctx.now
+        self.added += 1
+        self.root.activity.record(ctx, "note.add", session.id, actor=agent, noteId=note_id, noteType=type,
+                                  bytes=len(content.encode()))
+        self.root.publish(CHANNEL, {"event": "note.added", "noteId": note_id, "sessionId": session.id,
+                                    "agentId": agent, "type": type}, None, ctx.now)
+        return {"noteId": note_id, "id": note_id, "sessionId": session.id, "agentId": agent, "type": type,
+                "createdAt": ctx.now, "hash": link}
+
+    # -- reading ---------------------------------------------------------------------------
+    def _view(self, r: tuple) -> dict:
+        assert self.cipher is not None
+        content = self.cipher.decrypt(r[0], r[1], r[5], r[6])
+        return {"id": r[0], "noteId": r[0], "sessionId": r[1], "agentId": r[2], "type": r[3], "createdAt": r[4],
+                "content": content, "hash": r[8], "integrity": "ok" if content is not None else "failed"}
+
+    def recent(self, session_id: str, limit: int) -> list[dict]:
+        """The last `limit` notes of a session, oldest first."""
+        rows = self.store.read(f"SELECT {_NOTE_COLUMNS} FROM notes WHERE session_id=? ORDER BY id DESC LIMIT ?",
+                               (session_id, limit))
+        return [self._view(r) for r in reversed(rows)]
+
+    def recent_everywhere(self, limit: int, project: str | None = None, since: int | None = None) -> list[dict]:
+        """The last notes of every session (or of one project's sessions), oldest first."""
+        cols = ("n.id, n.session_id, n.agent_id, n.type, n.created_at, CAST(n.nonce AS BLOB), "
+                "CAST(n.ciphertext AS BLOB), n.prev_hash, n.hash")
+        sql = f"SELECT {cols} FROM notes n"
+        where: list[str] = []
+        params: list[Any] = []
+        if project is not None:
+            sql += " JOIN sessions s ON s.id = n.session_id"
+            where.append("s.project = ?")
+            params.append(project)
+        if since is not None:
+            where.append("n.created_at >= ?")
+            params.append(since)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.store.read(sql + " ORDER BY n.id DESC LIMIT ?", [*params, limit])
+        return [self._view(r) for r in reversed(rows)]
+
+    def _query(self, session_id: str | None, agent_id: str | None, type: str | None, limit: int,
+               before: int | None, after: int | None) -> dict:
+        where, params = [], []
+        for column, op, value in (("session_id", "=", session_id), ("agent_id", "=", agent_id),
+                                  ("type", "=", type), ("id", "<", before), ("id", ">", after)):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        limit = min(limit, self.config.notes_list_max)
+        order = "ASC" if after is not None else "DESC"
+        rows = self.store.read(f"SELECT {_NOTE_COLUMNS} FROM notes{clause} ORDER BY id {order} LIMIT ?",
+                               [*params, limit])
+        if order == "DESC":
+            rows.reverse()
+        notes = [self._view(r) for r in rows]
+        return {"notes": notes, "count": len(notes)}
+
+    # -- operations ------------------------------------------------------------------------
+    def add(self, ctx: Ctx, id: str, content: str, type: str = "general", agentId: str | None = None) -> dict:
+        session = self.root.sessions.require_active(id)
+        self.check_note(content, type)
+        return self.apply_add(ctx, session, content, type, agentId or ctx.agent_id)
+
+    def quick(self, ctx: Ctx, content: str, type: str = "general", sessionId: str | None = None,
+              agentId: str | None = None) -> dict:
+        """A note for the caller's active session; a session is started when there is none."""
+        sessions = self.root.sessions
+        agent_id = agentId or ctx.agent_id
+        self.check_note(content, type)
+        if sessionId is not None:
+            session = sessions.require_active(sessionId, "sessionId")
+        elif agent_id is not None:
+            session = sessions.active_for_agent(agent_id)
+        else:
+            session = next((s for s in sessions.active.values() if s.agent_id is None and s.purpose == QUICK_PURPOSE),
+                           None)
+        created = session is None
+        if session is None:
+            session = sessions.apply_start(ctx, agent_id, None, QUICK_PURPOSE)
+        out = self.apply_add(ctx, session, content, type, agent_id)
+        out["sessionCreated"] = created
+        return out
+
+    def list(self, ctx: Ctx, limit: int = 50, type: str | None = None, agentId: str | None = None,
+             sessionId: str | None = None, before: int | None = None, after: int | None = None) -> dict:
+        return self._query(sessionId, agentId, type, limit, before, after)
+
+    def session_notes(self, ctx: Ctx, id: str, limit: int = 100, type: str | None = None,
+                      before: int | None = None, after: int | None = None) -> dict:
+        self.root.sessions.require(id)
+        out = self._query(id, None, type, limit, before, after)
+        out["sessionId"] = id
+        return out
+
+    def verify(self, ctx: Ctx, sessionId: str | None = None) -> dict:
+        """Walk the chain of one session (or all) and decrypt every note: report what does not hold."""
+        assert self.cipher is not None
+        cipher = self.cipher
+        if sessionId is not None:
+            self.root.sessions.require(sessionId, "sessionId")
+            cursor = self.store.db.execute(f"SELECT {_NOTE_COLUMNS} FROM notes WHERE session_id=? ORDER BY id",
+                                           (sessionId,))
+        else:
+            cursor = self.store.db.execute(f"SELECT {_NOTE_COLUMNS} FROM notes ORDER BY id")
+        heads: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        broken: list[dict] = []
+        checked = 0
+        for r in cursor:
+            note_id, sid, agent, type_, created_at, nonce, ciphertext, prev, link = r
+            checked += 1
+            reasons = []
+            if prev != heads.get(sid, GENESIS):
+                reasons.append("chain_broken")  # a note before it is missing, moved or altered
+            if cipher.link(prev, note_id, sid, agent, type_, created_at, nonce, ciphertext) != link:
+                reasons.append("hash_mismatch")
+            if cipher.decrypt(note_id, sid, nonce, ciphertext) is None:
+                reasons.append("decrypt_failed")
+            if reasons:
+                broken.append({"noteId": note_id, "sessionId": sid, "reasons": reasons})
+            heads[sid] = link
+            counts[sid] = counts.get(sid, 0) + 1
+        # the session rows remember the last link: a removed tail shows here
+        params: tuple = (sessionId,) if sessionId is not None else ()
+        rows = self.store.read("SELECT id, note_count, note_head FROM sessions"
+                               + (" WHERE id=?" if sessionId is not None else " WHERE note_count > 0"), params)
+        expected = {sid: (count, head) for sid, count, head in rows}
+        for sid in sorted(set(expected) | set(counts)):
+            count, head = expected.get(sid, (0, None))
+            if counts.get(sid, 0) != count or heads.get(sid) != head:
+                broken.append({"noteId": None, "sessionId": sid, "reasons": ["head_mismatch"],
+                               "expectedCount": count, "foundCount": counts.get(sid, 0)})
+        arbiter = getattr(self.root, "arbiter", None)
+        if arbiter is not None:
+            for b in broken:
+                reasons = b["reasons"]
+                if "decrypt_failed" in reasons:
+                    arbiter.check_note_integrity(ctx, b["noteId"], b["sessionId"], False, None, "verify")
+                if set(reasons) - {"decrypt_failed"}:
+                    arbiter.check_note_chain(ctx, b["sessionId"], False, b["noteId"], None, ", ".join(reasons))
+        return {"ok": not broken, "verified": not broken, "checked": checked, "sessions": len(counts),
+                "broken": broken}
+
+    def arbiter_audit(self, ctx: Ctx, arbiter: Any) -> None:
+        """The arbiter's sweep: check the notes appended since the last sweep (chain link and
+        decryption), a bounded batch per sweep, so the audit never stalls the core."""
+        assert self.cipher is not None
+        cipher, store = self.cipher, self.store
+        rows = store.read(f"SELECT {_NOTE_COLUMNS} FROM notes WHERE id > ? ORDER BY id LIMIT ?",
+                          (self._audited, AUDIT_BATCH))
+        for note_id, sid, agent, type_, created_at, nonce, ciphertext, prev, link in rows:
+            before = store.read_one("SELECT hash FROM notes WHERE session_id=? AND id<? ORDER BY id DESC LIMIT 1",
+                                    (sid, note_id))
+            reasons = []
+            if prev != (before[0] if before else GENESIS):
+                reasons.append("chain_broken")
+            if cipher.link(prev, note_id, sid, agent, type_, created_at, nonce, ciphertext) != link:
+                reasons.append("hash_mismatch")
+            arbiter.check_note_chain(ctx, sid, not reasons, note_id, agent, ", ".join(reasons))
+            arbiter.check_note_integrity(ctx, note_id, sid, cipher.decrypt(note_id, sid, nonce, ciphertext) is not None,
+                                         agent)
+            self._audited = note_id
+
+
+PRIMITIVE = Notes

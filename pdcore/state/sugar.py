@@ -1,0 +1,169 @@
+"""One-call lifecycle: begin, done, whoami, and the sitrep (SPEC.md §4, 3.7 sugar routes).
+
+`begin` registers the agent, starts its session and claims its files as one step: every check
+(purpose, identity, pid, an existing session, strict file conflicts) runs before anything is
+changed, so a refused begin leaves nothing behind. `done` writes the closing note, ends the
+session and unregisters the agent, also checked first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pdcore.errors import OpError
+from pdcore.state.agents import new_agent_id
+from pdcore.state.base import Ctx, Primitive
+from pdcore.state.pathglob import overlaps
+from pdcore.state.sessions import project_of
+
+
+class Sugar(Primitive):
+    name = "sugar"
+    load_order = 60
+
+    def begin(self, ctx: Ctx, purpose: str, identity: str | None = None, agentId: str | None = None,
+              type: str | None = None, files: Any = None, force: bool = False, pid: int | None = None,
+              name: str | None = None, strict: bool = False, metadata: dict | None = None) -> dict:
+        root = self.root
+        agents, sessions = root.agents, root.sessions
+        # -- check everything ---------------------------------------------------------------
+        text = purpose.strip()
+        if not text:
+            raise OpError("missing_field", "purpose must say what you are about to do", "purpose")
+        paths = sessions.normalize_files(files) if files is not None else []
+        agent_id = agentId or ctx.agent_id or new_agent_id()
+        pid_start = agents.check_pid(pid)
+        replace = sessions.check_start(agent_id, force)
+        project = project_of(identity)
+        conflicts: list[dict] = []
+        if paths:
+            conflicts = sessions.check_claim(project, paths, replace.id if replace else None, strict, len(paths))
+        # -- then change state (nothing below refuses) ----------------------------------------
+        _, created = agents.apply_register(ctx, agent_id, pid, pid_start, name=name, type=type, identity=identity,
+                                           purpose=text, metadata=metadata)
+        session = sessions.apply_start(ctx, agent_id, identity, text, metadata=metadata, replace=replace)
+        if paths:
+            sessions.apply_claim(ctx, session, paths, None, strict)
+        out: dict[str, Any] = {
+            "agentId": agent_id,
+            "sessionId": session.id,
+            "identity": identity,
+            "purpose": text,
+            "agentRegistered": True,
+            "agentCreated": created,
+            "sessionStarted": True,
+            "replacedSessionId": replace.id if replace else None,
+        }
+        if paths:
+            out["fileClaims"] = {"claimed": paths, "conflicts": conflicts}
+        hint = root.salvage.hint_for(project)
+        if hint is not None:
+            out["salvageHint"] = hint
+        return out
+
+    def done(self, ctx: Ctx, agentId: str | None = None, sessionId: str | None = None, note: str | None = None,
+             status: str = "completed", noteType: str = "handoff", keepAgent: bool = False) -> dict:
+        root = self.root
+        agents, sessions, notes = root.agents, root.sessions, root.notes
+        agent_id = agentId or ctx.agent_id
+        if sessionId is not None:
+            session = sessions.require_active(sessionId, "sessionId")
+            agent_id = agent_id or session.agent_id
+        else:
+            session = sessions.active_for_agent(agent_id)
+        if session is None and (agent_id is None or agents.get_agent(agent_id) is None):
+            if agent_id is None:
+                raise OpError("missing_field", "agentId or sessionId is required (or run pd begin first)", "agentId")
+            raise OpError("not_found", f"agent {agent_id} has no active session and is not registered", "agentId")
+        if note is not None:
+            if session is None:
+                raise OpError("not_found", f"agent {agent_id} has no active session to write the note to", "note")
+            notes.check_note(note, noteType, "note")
+        # -- everything checked ---------------------------------------------------------------
+        note_id = None
+        if note is not None:
+            note_id = notes.apply_add(ctx, session, note, noteType, agent_id)["noteId"]
+        released: list[str] = []
+        if session is not None:
+            released = sessions.apply_end(ctx, session, status)
+        unregistered = False
+        if agent_id and not keepAgent:
+            unregistered = agents.apply_unregister(ctx, agent_id)
+        return {"agentId": agent_id, "sessionId": session.id if session else None,
+                "sessionStatus": status if session else None, "agentUnregistered": unregistered,
+                "noteId": note_id, "releasedFiles": released}
+
+    def whoami(self, ctx: Ctx, agentId: str | None = None, sessionId: str | None = None) -> dict:
+        root = self.root
+        agent_id = agentId or ctx.agent_id
+        session = None
+        if sessionId is not None:
+            session = root.sessions.find(sessionId)
+            if session is not None:
+                agent_id = agent_id or session.agent_id
+        elif agent_id:
+            session = root.sessions.active_for_agent(agent_id)
+        agent = root.agents.get_agent(agent_id) if agent_id else None
+        active = session is not None and session.active
+        return {
+            "active": active,
+            "agentId": agent_id,
+            "agentRegistered": agent is not None,
+            "liveness": root.agents.liveness_of(agent, ctx.now) if agent else None,
+            "sessionId": session.id if session else None,
+            "sessionStatus": session.status if session else None,
+            "purpose": session.purpose if session else None,
+            "identity": session.identity if session else (agent.identity if agent else None),
+            "phase": session.phase if session else None,
+            "noteCount": session.note_count if session else 0,
+            "files": sorted(session.files) if session else [],
+            "startedAt": session.created_at if session else None,
+            "duration": ((session.ended_at or ctx.now) - session.created_at) if session else 0,
+        }
+
+    def sitrep(self, ctx: Ctx, project: str | None = None, since: int | None = None, limit: int = 20) -> dict:
+        """What happened recently: sessions, notes, dead agents, salvage, conflicts, activity."""
+        root = self.root
+        now = ctx.now
+        active = [s for s in root.sessions.active.values() if project is None or s.project == project]
+        active.sort(key=lambda s: s.updated_at, reverse=True)
+        agents = root.agents
+        dead = [a for a in agents.by_id.values() if a.dead_at is not None and (since is None or a.dead_at >= since)
+                and (project is None or project_of(a.identity) == project)]
+        dead.sort(key=lambda a: a.dead_at, reverse=True)
+        live = [a for a in agents.by_id.values() if a.dead_at is None]
+        liveness = [agents.liveness_of(a, now) for a in live]
+        salvage = root.salvage.list(ctx, project=project, status="pending", limit=limit)
+        activity = root.activity.list(ctx, limit=limit, since=since)
+        return {
+            "project": project,
+            "generatedAt": now,
+            "agents": {"alive": liveness.count("alive"), "stale": liveness.count("stale"), "dead": len(dead)},
+            "activeSessions": [s.to_dict() for s in active[:limit]],
+            "activeSessionCount": len(active),
+            "recentNotes": root.notes.recent_everywhere(limit, project, since),
+            "deadAgents": [agents.describe(a, now) for a in dead[:limit]],
+            "salvage": salvage["entries"],
+            "salvageCount": salvage["count"],
+            "conflicts": self._conflicts(project, limit),
+            "activity": activity["activities"],
+        }
+
+    def _conflicts(self, project: str | None, limit: int) -> list[dict]:
+        """Overlapping claims held by different active sessions of one project."""
+        out: list[dict] = []
+        buckets = self.root.sessions.claims
+        keys = [project] if project is not None else list(buckets)
+        for key in keys:
+            held = [(path, sid, c) for path, holders in buckets.get(key, {}).items() for sid, c in holders.items()]
+            for i, (path_a, sid_a, claim_a) in enumerate(held):
+                for path_b, sid_b, claim_b in held[i + 1:]:
+                    if sid_a != sid_b and overlaps(path_a, path_b):
+                        out.append({"project": key or None, "paths": [path_a, path_b], "sessions": [sid_a, sid_b],
+                                    "since": max(claim_a.claimed_at, claim_b.claimed_at)})
+                        if len(out) >= limit:
+                            return out
+        return out
+
+
+PRIMITIVE = Sugar

@@ -35,6 +35,18 @@ def log_tail(config: Config, lines: int = 8) -> str:
         return ""
 
 
+def _refusal_since(config: Config, offset: int) -> str | None:
+    """The one-line reason the daemon gave for refusing to start (`port-daddy: ...`), if any."""
+    try:
+        with open(config.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [ln[len("port-daddy: "):] for ln in text.splitlines() if ln.startswith("port-daddy: ")]
+    return lines[-1] if lines else None
+
+
 def start_daemon(config: Config, timeout: float = 30.0) -> int:
     """Start the supervisor in the background; return its pid once the daemon answers."""
     problem = check_home(config.home, create=True)
@@ -47,6 +59,7 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
     if config.no_tcp:
         env["PORT_DADDY_NO_TCP"] = "1"
     fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_start = os.fstat(fd).st_size
     try:
         proc = subprocess.Popen([sys.executable, "-m", "pdcore.supervisor"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=fd, stderr=fd, start_new_session=True, close_fds=True)
@@ -55,6 +68,9 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            reason = _refusal_since(config, log_start)
+            if reason:
+                raise RuntimeError(reason)
             raise RuntimeError(f"the daemon exited during start (code {proc.returncode}):\n{log_tail(config)}")
         if _answers(config):
             return proc.pid

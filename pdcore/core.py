@@ -26,6 +26,7 @@ import msgpack
 
 from pdcore import protocol as P
 from pdcore.config import Config, load_config
+from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
 from pdcore.paths import check_home, remove_stale_socket
@@ -39,6 +40,7 @@ _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
+EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
 CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 
 
@@ -198,6 +200,7 @@ class Core:
         for conn in list(self.conns.values()):
             if conn.transport is not None:
                 conn.transport.close()
+        self.state.notify("on_shutdown")  # e.g. persist the freshest heartbeats
         self.store.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for path in (self.config.ipc, self.config.core_sock, self.config.shm_path):
@@ -633,9 +636,14 @@ def main() -> None:
     problem = check_home(config.home, create=True)
     if problem:
         print(f"port-daddy: {problem}", file=sys.stderr)
-        sys.exit(78)
+        sys.exit(EXIT_CONFIG)
     socket.setdefaulttimeout(None)
-    uvloop.run(serve(config))
+    try:
+        uvloop.run(serve(config))
+    except MasterKeyError as exc:
+        # A bad key must stop the daemon, never be replaced: say why in one line.
+        print(f"port-daddy: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pdcore.paths import check_home, read_pid, remove_stale_socket, socket_answe
 log = logging.getLogger("pd.supervisor")
 
 STABLE_AFTER_S = 10.0
+EXIT_CONFIG = 78  # a child that exits so has a problem a restart cannot fix (bad key, unsafe home)
 
 
 @dataclass
@@ -143,6 +144,11 @@ class Supervisor:
                     if now - child.started_at > STABLE_AFTER_S:
                         child.backoff_s = 0.25
                     continue
+                if code == EXIT_CONFIG:
+                    log.error("event=child.fatal name=%s reason=configuration (see the line above)", child.name)
+                    child.state = "FATAL"
+                    self.stopping = True
+                    return
                 log.warning("event=child.exit name=%s code=%s backoff_s=%.2f", child.name, code, child.backoff_s)
                 child.state = "BACKOFF"
                 child.restart_at = now + child.backoff_s

@@ -150,11 +150,7 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
     if t == "text":
         return _string(arg, _TEXT_CONTROL_RE, 1 << 20)
     if t == "name":
-        def check_name(v: Any) -> Any:
-            if not isinstance(v, str) or not NAME_RE.fullmatch(v):
-                raise OpError("invalid_name", f"{name} must be 1-200 characters of A-Z a-z 0-9 . _ : / @ * -", name)
-            return v
-        return check_name
+        return _name_checker(name)
     if t == "identity":
         return lambda v: check_identity(v, name)
     if t == "idpattern":
@@ -177,6 +173,23 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
             return v
         return check_container
     return lambda v: v  # "any"
+
+
+_VALID_NAMES: set[str] = set()  # names seen valid; hot ops (heartbeat) repeat the same few
+_VALID_NAMES_MAX = 65536
+
+
+def _name_checker(name: str) -> Callable[[Any], Any]:
+    def check_name(v: Any) -> Any:
+        if v.__class__ is str and v in _VALID_NAMES:
+            return v
+        if not isinstance(v, str) or not NAME_RE.fullmatch(v):
+            raise OpError("invalid_name", f"{name} must be 1-200 characters of A-Z a-z 0-9 . _ : / @ * -", name)
+        if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(v)
+        return v
+    return check_name
 
 
 def compile_validator(op: Op) -> Callable[[dict], dict]:

@@ -85,3 +85,19 @@ def test_status_never_autostarts_but_claim_does():
     finally:
         run_pd(env, "stop")
         d.stop()
+
+
+def test_key_with_loose_permissions_stops_the_daemon_with_one_line():
+    d = Daemon()
+    key = d.home / "master.key"
+    key.write_bytes(os.urandom(32))
+    os.chmod(key, 0o644)
+    try:
+        out = run_pd(d.env, "start")
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1 and "master key" in out.stderr, out.stderr
+        assert key.read_bytes() and (os.stat(key).st_mode & 0o777) == 0o644  # never replaced
+        assert run_pd(d.env, "status").returncode == 1
+    finally:
+        run_pd(d.env, "stop")
+        d.stop()

@@ -47,7 +47,9 @@ class Store:
         self._op_active = False  # inside one durable op's call
         self._op_savepoint = False  # that op has written, under SAVEPOINT op
         self._op_mark = 0  # index in `pending` where the current op's staged writes start
-        self.pending: list[tuple[str, tuple]] = []  # staged writes, run in batches
+        self.pending: list[tuple[str, tuple]] = []  # staged writes, run in order, in batches
+        self.appends: list[tuple[str, tuple]] = []  # staged append-only inserts, grouped per table
+        self._append_mark = 0
         self.commits = 0
         self.writes = 0
 
@@ -100,21 +102,33 @@ class Store:
                 self.db.executemany(sql, [params for _, params in batch[i:j]])
             i = j
 
+    def _run_appends(self, appends: list[tuple[str, tuple]]) -> None:
+        """Run append-only inserts grouped by statement: they commute with each other."""
+        groups: dict[str, list[tuple]] = {}
+        for sql, params in appends:
+            groups.setdefault(sql, []).append(params)
+        for sql, rows in groups.items():
+            self.db.executemany(sql, rows)
+
     def flush_pending(self) -> None:
         """Run staged writes now (before a read or an immediate write, and at commit)."""
-        if not self.pending:
+        if not self.pending and not self.appends:
             return
         self._begin()
         pending, self.pending = self.pending, []
+        appends, self.appends = self.appends, []
         if self._op_active:
-            earlier, mine = pending[:self._op_mark], pending[self._op_mark:]
-            self._run_batch(earlier)
-            if mine:
+            self._run_batch(pending[:self._op_mark])
+            self._run_appends(appends[:self._append_mark])
+            mine, mine_appends = pending[self._op_mark:], appends[self._append_mark:]
+            if mine or mine_appends:
                 self._savepoint()
                 self._run_batch(mine)
+                self._run_appends(mine_appends)
         else:
             self._run_batch(pending)
-        self._op_mark = 0
+            self._run_appends(appends)
+        self._op_mark = self._append_mark = 0
 
     def write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         """Run a write now (in the tick's transaction) and return its cursor."""
@@ -132,6 +146,15 @@ class Store:
         self.writes += 1
         self.pending.append((sql, params))
 
+    def append(self, sql: str, params: tuple = ()) -> None:
+        """Queue an insert into an append-only table that no other staged write touches.
+
+        Such inserts are batched per statement at flush time, in any order relative to other
+        staged writes (the activity log: one executemany per tick instead of one insert per op).
+        """
+        self.writes += 1
+        self.appends.append((sql, params))
+
     def write_many(self, sql: str, rows: Iterable[Iterable[Any]]) -> None:
         self.flush_pending()
         self._begin()
@@ -145,6 +168,7 @@ class Store:
         self._op_active = True
         self._op_savepoint = False
         self._op_mark = len(self.pending)
+        self._append_mark = len(self.appends)
 
     def end_op(self) -> None:
         if self._op_savepoint:
@@ -153,6 +177,7 @@ class Store:
 
     def abort_op(self) -> None:
         del self.pending[self._op_mark:]  # staged writes of the failed op
+        del self.appends[self._append_mark:]
         if self._op_savepoint:  # writes it already ran
             self.db.execute("ROLLBACK TO op")
             self.db.execute("RELEASE op")
@@ -186,6 +211,7 @@ class Store:
 
     def rollback(self) -> None:
         self.pending = []
+        self.appends = []
         if self.in_tx:
             self.db.execute("ROLLBACK")
             self.in_tx = False

@@ -7,6 +7,7 @@ from typing import Any
 
 from pdcore.state.base import Ctx, Primitive
 
+_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once: dumps(default=) is not
 _INSERT_ACTIVITY = "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)"
 
 
@@ -20,9 +21,9 @@ class Activity(Primitive):
 
     def record(self, ctx: Ctx, type: str, target: str | None = None, actor: str | None = None, **details: Any) -> None:
         """Append one record; every `activity_max // 10` records, drop those beyond `activity_max`."""
-        self.store.stage(
+        self.store.append(
             _INSERT_ACTIVITY,
-            (ctx.now, type, actor or ctx.agent_id, target, json.dumps(details, default=str) if details else None),
+            (ctx.now, type, actor or ctx.agent_id, target, _encode(details) if details else None),
         )
         self.root.notify("on_activity", ctx, type, target, details)
         self._since_prune += 1

@@ -68,10 +68,15 @@ class Service:
     __slots__ = ("id", "port", "pid", "pid_start", "cmd", "cwd", "status", "metadata", "pair",
                  "endpoints", "created_at", "updated_at", "expires_at", "expiry_timer")
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, id: str, port: int, pid: int | None = None, pid_start: float | None = None,
+                 cmd: str | None = None, cwd: str | None = None, status: str = "assigned",
+                 metadata: dict | None = None, pair: str | None = None, endpoints: dict | None = None,
+                 created_at: int = 0, updated_at: int = 0, expires_at: int | None = None) -> None:
+        self.id, self.port, self.pid, self.pid_start = id, port, pid, pid_start
+        self.cmd, self.cwd, self.status, self.metadata = cmd, cwd, status, metadata
+        self.pair, self.endpoints = pair, endpoints
+        self.created_at, self.updated_at, self.expires_at = created_at, updated_at, expires_at
         self.expiry_timer: Timer | None = None
-        for k in self.__slots__[:-1]:
-            setattr(self, k, kw.get(k))
 
     def to_dict(self) -> dict:
         return {

@@ -66,3 +66,21 @@ def test_checkpoint_from_another_connection(store):
     store.commit()
     store.checkpoint()
     assert len(rows(store)) == 100
+
+
+APPEND = "INSERT INTO t (v) VALUES (?)"
+
+
+def test_appends_of_a_failed_op_are_dropped_and_others_kept(store):
+    store.begin_op()
+    store.append(APPEND, ("ok",))
+    store.end_op()
+    store.begin_op()
+    store.append(APPEND, ("dropped",))
+    store.abort_op()
+    store.begin_op()
+    store.append(APPEND, ("read-inside-op",))
+    assert sorted(rows(store)) == ["ok", "read-inside-op"]  # a read flushes under the op's savepoint
+    store.abort_op()
+    store.commit()
+    assert rows(store) == ["ok"]

@@ -1,0 +1,43 @@
+"""Inbox operations: durable direct messages to an agent (SPEC.md §7), with the 3.7 routes."""
+
+from pdcore.ops.schema import Arg, Op, Route
+
+_AGENT = Arg("id", "name", required=True, where="path", doc="the agent whose inbox it is")
+
+OPS = (
+    Op("inbox.send", "inbox.send", "Send a direct message to an agent's inbox (kept until cleared).",
+       args=(
+           _AGENT,
+           Arg("content", "any", doc="text or any JSON value"),
+           Arg("message", "any", doc="alias of content"),
+           Arg("from", "str", max_len=200, doc="sender (defaults to the caller's agentId)"),
+           Arg("type", "str", max_len=64, doc="message kind, e.g. message, request, handoff"),
+       ),
+       reply={"messageId": "int", "agentId": "str", "message": "str"},
+       durable=True, errors=("missing_field", "too_large"),
+       routes=(Route("POST", "/agents/{id}/inbox"),), cli=("inbox send",)),
+    Op("inbox.list", "inbox.list", "An agent's inbox, newest first.",
+       args=(
+           _AGENT,
+           Arg("unread", "bool", default=False, where="query"),
+           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           Arg("since", "int", min=0, where="query", doc="epoch ms"),
+           Arg("before", "int", min=0, where="query", doc="message id, for paging back"),
+       ),
+       reply={"agentId": "str", "messages": "list", "count": "int"},
+       routes=(Route("GET", "/agents/{id}/inbox"),), cli=("inbox", "inbox list")),
+    Op("inbox.stats", "inbox.stats", "How many messages an agent has, and how many are unread.",
+       args=(_AGENT,), reply={"agentId": "str", "total": "int", "unread": "int"},
+       routes=(Route("GET", "/agents/{id}/inbox/stats"),), cli=("inbox stats",)),
+    Op("inbox.read", "inbox.mark_read", "Mark one inbox message read.",
+       args=(_AGENT, Arg("messageId", "int", required=True, min=1, where="path")),
+       reply={"agentId": "str", "messageId": "int", "read": "bool"},
+       durable=True, errors=("not_found",),
+       routes=(Route("PUT", "/agents/{id}/inbox/{messageId}/read"),), cli=("inbox read",)),
+    Op("inbox.read_all", "inbox.mark_all_read", "Mark every message of an inbox read.",
+       args=(_AGENT,), reply={"agentId": "str", "marked": "int"},
+       durable=True, routes=(Route("PUT", "/agents/{id}/inbox/read-all"),), cli=("inbox read",)),
+    Op("inbox.clear", "inbox.clear", "Delete every message of an inbox.",
+       args=(_AGENT,), reply={"agentId": "str", "deleted": "int"},
+       durable=True, routes=(Route("DELETE", "/agents/{id}/inbox"),), cli=("inbox clear",)),
+)

@@ -1,0 +1,52 @@
+"""Operations on locks with fencing tokens (SPEC.md §6), with the 3.7 routes."""
+
+from pdcore.ops.schema import Arg, Op, Route
+
+_NAME = Arg("name", "name", required=True, where="path", doc="the lock's name")
+_TTL_DOC = "ms until the lock expires; 0 or negative: the default; capped at lock_ttl_max_ms. " \
+           "Over IPC, leaving it out binds the lock to the connection instead"
+
+OPS = (
+    Op("lock.acquire", "locks.acquire",
+       "Take a lock (or renew it if you hold it). Returns a fence that grows every time the lock changes hands.",
+       args=(
+           _NAME,
+           Arg("owner", "str", max_len=200, doc="who holds it (defaults to the caller's agentId)"),
+           Arg("ttl", "int", doc=_TTL_DOC),
+           Arg("wait", "int", min=0, doc="ms to wait in the daemon for the lock to free (no polling)"),
+           Arg("metadata", "dict", max_len=64),
+       ),
+       reply={"name": "str", "owner": "str", "fence": "int", "acquiredAt": "int", "expiresAt": "int",
+              "connectionBound": "bool", "renewed": "bool", "message": "str"},
+       durable=True, parks=True, errors=("lock_held", "lock_limit", "missing_field", "invalid_name", "invalid_argument"),
+       routes=(Route("POST", "/locks/{name}"),), cli=("lock", "with-lock")),
+    Op("lock.extend", "locks.extend", "Push a held lock's expiry to now + ttl (fails once it has expired).",
+       args=(
+           _NAME,
+           Arg("owner", "str", max_len=200),
+           Arg("ttl", "int", doc="ms from now; 0 or negative: the default; capped at lock_ttl_max_ms"),
+           Arg("fence", "int", min=0, doc="refuse unless the lock is still at this fence"),
+       ),
+       reply={"name": "str", "owner": "str", "fence": "int", "expiresAt": "int", "message": "str"},
+       durable=True, errors=("not_found", "expired", "not_owner", "missing_field"),
+       routes=(Route("PUT", "/locks/{name}"),), cli=("lock", "with-lock")),
+    Op("lock.release", "locks.release", "Release a lock; only its owner may, unless force.",
+       args=(
+           _NAME,
+           Arg("owner", "str", max_len=200),
+           Arg("force", "bool", default=False, doc="release even if someone else holds it"),
+           Arg("fence", "int", min=0, doc="refuse unless the lock is still at this fence"),
+       ),
+       reply={"released": "bool", "name": "str", "fence": "int", "message": "str"},
+       durable=True, errors=("not_owner", "missing_field"),
+       routes=(Route("DELETE", "/locks/{name}"),), cli=("unlock", "with-lock")),
+    Op("lock.get", "locks.get", "Is a lock held, by whom, until when, at which fence?",
+       args=(_NAME,),
+       reply={"held": "bool", "name": "str", "owner": "str", "fence": "int", "acquiredAt": "int",
+              "expiresAt": "int", "connectionBound": "bool", "metadata": "dict"},
+       routes=(Route("GET", "/locks/{name}"),), cli=("locks",)),
+    Op("lock.list", "locks.list", "Every held lock, newest first, optionally of one owner.",
+       args=(Arg("owner", "str", max_len=200, where="query"),),
+       reply={"locks": "list", "count": "int"},
+       routes=(Route("GET", "/locks"),), cli=("locks",)),
+)

@@ -1,0 +1,119 @@
+"""Inbox: durable direct messages to one agent, with read state (SPEC.md §7).
+
+Unlike channels, an inbox message is kept until it is cleared (or pushed out by the per-agent
+bound `inbox_max_per_agent`, oldest first). Messages live in SQLite and are paged from it with
+an index; the core keeps no inbox in memory. Each new message is also announced (without its
+content) on the channel `pd:inbox:<agentId>`, so an agent can `pd watch` its inbox.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pdcore.errors import OpError
+from pdcore.state.base import Ctx, Primitive
+
+_COLUMNS = "id, agent_id, from_agent, content, content_type, type, read, read_at, created_at"
+
+
+def inbox_channel(agent_id: str) -> str:
+    """The channel on which new messages for `agent_id` are announced."""
+    return f"pd:inbox:{agent_id}"
+
+
+def _row(r: tuple) -> dict:
+    content = json.loads(r[3]) if r[4] == "json" else r[3]
+    return {
+        "id": r[0],
+        "agentId": r[1],
+        "from": r[2],
+        "content": content,
+        "contentType": r[4],
+        "type": r[5],
+        "read": bool(r[6]),
+        "readAt": r[7],
+        "createdAt": r[8],
+    }
+
+
+class Inbox(Primitive):
+    name = "inbox"
+    load_order = 40
+
+    def send(self, ctx: Ctx, id: str, content: Any = None, message: Any = None, type: str | None = None,
+             **sender: Any) -> dict:
+        """Put a message in agent `id`'s inbox (`from` names the sender; `message` is a 3.7 alias)."""
+        value = content if content is not None else message
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise OpError("missing_field", "content is required (the message to deliver)", "content")
+        if isinstance(value, str):
+            text, kind = value, "text"
+        else:
+            text, kind = json.dumps(value, separators=(",", ":")), "json"
+        if len(text) > self.config.message_max_bytes:
+            raise OpError("too_large", f"content is {len(text)} bytes; the limit is {self.config.message_max_bytes} "
+                                       "(message_max_bytes)", "content")
+        from_agent = sender.get("from") or ctx.agent_id
+        cur = self.store.write(
+            "INSERT INTO inbox_messages (agent_id, from_agent, content, content_type, type, created_at) "
+            "VALUES (?,?,?,?,?,?)",
+            (id, from_agent, text, kind, type or "message", ctx.now),
+        )
+        message_id = cur.lastrowid
+        self.store.write(
+            "DELETE FROM inbox_messages WHERE agent_id = ? AND id <= ("
+            "SELECT id FROM inbox_messages WHERE agent_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (id, id, self.config.inbox_max_per_agent),
+        )
+        self.root.activity.record(ctx, "inbox.send", id, actor=from_agent, messageId=message_id)
+        self.root.publish(inbox_channel(id), {"messageId": message_id, "from": from_agent, "type": type or "message"},
+                          from_agent, ctx.now)
+        return {"messageId": message_id, "agentId": id, "message": f"delivered to {id}"}
+
+    def list(self, ctx: Ctx, id: str, unread: bool | None = False, limit: int = 50, since: int | None = None,
+             before: int | None = None) -> dict:
+        """Messages of agent `id`, newest first; `before` (a message id) pages further back."""
+        where, params = ["agent_id = ?"], [id]
+        if unread:
+            where.append("read = 0")
+        if since is not None:
+            where.append("created_at > ?")
+            params.append(since)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
+        rows = self.store.read(
+            f"SELECT {_COLUMNS} FROM inbox_messages WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        messages = [_row(r) for r in rows]
+        return {"agentId": id, "messages": messages, "count": len(messages)}
+
+    def stats(self, ctx: Ctx, id: str) -> dict:
+        total, unread = self.store.read_one(
+            "SELECT COUNT(*), COALESCE(SUM(read = 0), 0) FROM inbox_messages WHERE agent_id = ?", (id,))
+        return {"agentId": id, "total": total, "unread": unread}
+
+    def mark_read(self, ctx: Ctx, id: str, messageId: int) -> dict:
+        cur = self.store.write(
+            "UPDATE inbox_messages SET read = 1, read_at = COALESCE(read_at, ?) WHERE agent_id = ? AND id = ?",
+            (ctx.now, id, messageId),
+        )
+        if cur.rowcount == 0:
+            raise OpError("not_found", f"agent {id} has no inbox message {messageId}", "messageId")
+        return {"agentId": id, "messageId": messageId, "read": True}
+
+    def mark_all_read(self, ctx: Ctx, id: str) -> dict:
+        cur = self.store.write(
+            "UPDATE inbox_messages SET read = 1, read_at = ? WHERE agent_id = ? AND read = 0", (ctx.now, id))
+        return {"agentId": id, "marked": cur.rowcount}
+
+    def clear(self, ctx: Ctx, id: str) -> dict:
+        cur = self.store.write("DELETE FROM inbox_messages WHERE agent_id = ?", (id,))
+        if cur.rowcount:
+            self.root.activity.record(ctx, "inbox.clear", id, deleted=cur.rowcount)
+        return {"agentId": id, "deleted": cur.rowcount}
+
+
+PRIMITIVE = Inbox

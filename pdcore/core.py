@@ -41,7 +41,11 @@ _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
 EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
-CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
+CHECKPOINT_EVERY = 1000
+# Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId}),
+# not the caller: it must not become the caller's identity.
+_AGENT_IS_TARGET = frozenset(
+    op.name for op in CATALOGUE.values() if any(a.name == "agentId" and a.where == "path" for a in op.args))  # commits between WAL checkpoints (run off the core's thread)
 
 
 class Parked:
@@ -312,12 +316,13 @@ class Core:
             stats["ff_dropped"] += 1
             return
         stats["ops"] += 1
-        agent_id = payload.get("agentId")
+        agent_id = payload.get("agentId") if action not in _AGENT_IS_TARGET else None
         if agent_id is not None and not isinstance(agent_id, str):
             agent_id = None
         ctx = Ctx(now_ms, conn if conn.public else None, agent_id, "ipc" if conn.public else "http")
         handler = self.state.handler(op.handler)
         try:
+            self.state.arbiter.check_writes(ctx, op, payload)  # type: ignore[attr-defined]
             args = VALIDATORS[action](payload)
             result = self._run(handler, ctx, args, op.durable)
         except OpError as err:

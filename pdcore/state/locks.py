@@ -262,6 +262,7 @@ class Locks(Primitive):
         if not force:
             owner = self._owner(ctx, owner, "release")
             if lock.owner != owner or (fence is not None and fence != lock.fence):
+                self.root.arbiter.check_lock_release(ctx, name, owner, lock.owner)
                 raise OpError("not_owner",
                               f"lock {name} is held by {lock.owner} (fence {lock.fence}); only its owner may "
                               "release it, or pass force: true", "owner", holder=lock.owner, fence=lock.fence)

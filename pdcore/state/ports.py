@@ -204,6 +204,8 @@ class Ports(Primitive):
         metadata: dict | None = None,
         pair: str | None = None,
     ) -> dict:
+        if pid is not None:
+            self.root.arbiter.check_claim_pid(ctx, pid, identity=id)
         svc = self.trie.get(id)
         if svc is not None:
             if pid is not None or cmd is not None or cwd is not None or expires is not None or metadata is not None:

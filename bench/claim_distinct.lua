@@ -1,0 +1,41 @@
+-- wrk script: POST /claim with a distinct identity per request, and a JSON summary line.
+-- Identities are bench-http-<thread>:c:<counter>; each wrk thread numbers its own.
+local threads = {}
+local next_tid = 0
+
+function setup(thread)
+  thread:set("tid", next_tid)
+  next_tid = next_tid + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = 0
+  non2xx = 0
+  prefix = args[1] or "bench-http"
+end
+
+function request()
+  counter = counter + 1
+  local body = string.format('{"id":"%s-%d:c:%d"}', prefix, tid, counter)
+  return wrk.format("POST", "/claim", {["Content-Type"] = "application/json"}, body)
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    non2xx = non2xx + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do
+    bad = bad + (t:get("non2xx") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "non200": %d, "socket_errors": %d, '
+    .. '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, bad, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end

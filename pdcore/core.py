@@ -48,6 +48,20 @@ _AGENT_IS_TARGET = frozenset(
     op.name for op in CATALOGUE.values() if any(a.name == "agentId" and a.where == "path" for a in op.args))  # commits between WAL checkpoints (run off the core's thread)
 
 
+class _Entry:
+    """One row of the dispatch table: what the core needs to run an action, looked up once."""
+
+    __slots__ = ("op", "handler", "validate", "durable", "fire_and_forget", "agent_is_target")
+
+    def __init__(self, op: Any, handler: Callable, validate: Callable[[dict], dict]) -> None:
+        self.op = op
+        self.handler = handler
+        self.validate = validate
+        self.durable = op.durable
+        self.fire_and_forget = op.fire_and_forget
+        self.agent_is_target = op.name in _AGENT_IS_TARGET
+
+
 class Parked:
     """A call waiting in the core for its keys to be woken or its deadline to pass."""
 
@@ -74,7 +88,7 @@ class Connection(asyncio.Protocol):
     """One client connection: frame decoding, rate limit, strikes, flow control."""
 
     __slots__ = ("core", "public", "id", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
-                 "subs", "parked", "closed", "reading_paused", "dropped")
+                 "subs", "parked", "closed", "reading_paused", "dropped", "limited")
 
     def __init__(self, core: Core, public: bool) -> None:
         self.core = core
@@ -91,6 +105,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.dropped = 0
+        self.limited = public and core.config.ipc_rate_limit > 0  # core.sock is exempt
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,6 +170,8 @@ class Core:
         self.timers = self.state.timers
         self.timers.on_change = self._arm_timer
         self.stats = self.state.daemon.stats  # type: ignore[attr-defined]
+        self._arbiter = self.state.arbiter  # type: ignore[attr-defined]
+        self._entries: dict[str, _Entry] = {}
         for key in ("frames", "ops", "errors", "ff_dropped", "rate_limited", "violations", "connections",
                     "refused_connections", "delivered", "delivery_dropped", "commits", "parked"):
             self.stats[key] = 0
@@ -258,7 +275,7 @@ class Core:
                 continue
             type_, conv_id, body = item
             stats["frames"] += 1
-            if not conn.take_token(now_mono):
+            if conn.limited and not conn.take_token(now_mono):
                 stats["rate_limited"] += 1
                 if conv_id:
                     err = OpError("rate_limited", f"more than {self.config.ipc_rate_limit} frames/s on this connection")
@@ -301,30 +318,46 @@ class Core:
                 conn.transport.close()
 
     # -- dispatch --------------------------------------------------------------------------
+    def _entry(self, action: Any) -> _Entry | None:
+        """The dispatch row of an action (op, bound handler, validator), built once per action."""
+        if action.__class__ is not str:
+            return None
+        entry = self._entries.get(action)
+        if entry is None:
+            op = CATALOGUE.get(action)
+            if op is None:
+                return None
+            entry = self._entries[action] = _Entry(op, self.state.handler(op.handler), VALIDATORS[action])
+        return entry
+
     def dispatch(self, conn: Connection, conv_id: int, payload: dict, now_ms: int) -> None:
         """Validate and run one operation; queue its reply (or park it)."""
         stats = self.stats
         action = payload.get("action")
-        op = CATALOGUE.get(action) if isinstance(action, str) else None
-        if op is None:
+        entry = self._entry(action)
+        if entry is None:
             stats["errors"] += 1
             if conv_id:
                 err = OpError("unknown_action", f"unknown action {action!r}", "action")
                 conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(None, err)))
             return
-        if not conv_id and not op.fire_and_forget:
+        if not conv_id and not entry.fire_and_forget:
             stats["ff_dropped"] += 1
             return
         stats["ops"] += 1
-        agent_id = payload.get("agentId") if action not in _AGENT_IS_TARGET else None
-        if agent_id is not None and not isinstance(agent_id, str):
+        agent_id = None if entry.agent_is_target else payload.get("agentId")
+        if agent_id is not None and agent_id.__class__ is not str:
             agent_id = None
-        ctx = Ctx(now_ms, conn if conn.public else None, agent_id, "ipc" if conn.public else "http")
-        handler = self.state.handler(op.handler)
+        public = conn.public
+        ctx = Ctx(now_ms, conn if public else None, agent_id, "ipc" if public else "http")
         try:
-            self.state.arbiter.check_writes(ctx, op, payload)  # type: ignore[attr-defined]
-            args = VALIDATORS[action](payload)
-            result = self._run(handler, ctx, args, op.durable)
+            if self._arbiter.overboard:
+                self._arbiter.check_writes(ctx, entry.op, payload)
+            args = entry.validate(payload)
+            if entry.durable:
+                result = self._run(entry.handler, ctx, args, True)
+            else:
+                result = entry.handler(ctx, **args)
         except OpError as err:
             stats["errors"] += 1
             if conv_id:
@@ -342,7 +375,7 @@ class Core:
             return
         if result.__class__ is Park:
             if conv_id:
-                self._park(conn, conv_id, action, handler, args, agent_id, result, op.durable)
+                self._park(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
         elif conv_id:
             conn.send(P.encode_body(P.INFORM_DONE, conv_id, _pack({"action": action, "result": result})))
         if self.state.pending_wakes:

@@ -60,6 +60,7 @@ def test_undecodable_payload_is_a_strike_not_a_crash(daemon):
 
 def test_conv_id_is_echoed_and_fire_and_forget_gets_no_reply(daemon):
     s = connect(daemon)
+    s.settimeout(1.0)
     s.sendall(P.encode(P.REQUEST, 0, {"action": "daemon.health"}) +
               P.encode(P.REQUEST, 0x7FFFFFFF, {"action": "daemon.version"}))
     frames = read_frames(s, 2, timeout=1.0)

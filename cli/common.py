@@ -22,7 +22,7 @@ from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNITS = {None: 1000, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 class Options:
@@ -66,14 +66,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def duration_ms(text: str | int | None) -> int | None:
-    """'250ms', '30s', '5m', '1h', '2d' or a bare number of ms -> milliseconds."""
+    """'250ms', '30s', '5m', '1h', '2d' or a bare number of SECONDS (`--ttl 300`) -> milliseconds."""
     if text is None:
         return None
     if isinstance(text, int):
         return text
     m = _DURATION_RE.match(str(text))
     if not m:
-        raise click.BadParameter(f"{text!r} is not a duration (use 500ms, 30s, 5m, 1h or 2d)")
+        raise click.BadParameter(f"{text!r} is not a duration (use 500ms, 30s, 5m, 1h, 2d; a bare number is seconds)")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 

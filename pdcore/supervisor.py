@@ -3,8 +3,9 @@
 Like gunicorn's arbiter it keeps no application state. Each child is a small state machine
 (STARTING, RUNNING, BACKOFF, STOPPED); a child that dies is restarted after a backoff that
 doubles up to `restart_backoff_max_s` and resets once the child has run for 10 s. SIGTERM or
-SIGINT stop the HTTP server first (no new requests), then the core (which drains and
-commits), then remove the pid file.
+SIGINT stop the fleet runner first (it kills and reports its runs while the core is up),
+then the HTTP server (no new requests), then the core (which drains and commits), then
+remove the pid file.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Supervisor:
         py = sys.executable
         self.core = Child("core", [py, "-m", "pdcore.core"], ready_socket=config.ipc)
         self.http = Child("http", [py, "-m", "workers.server"], ready_socket=config.sock)
-        self.children = [self.core, self.http]
+        self.fleet = Child("fleet", [py, "-m", "fleet"])  # daemon-managed fleets and spawned agents
+        self.children = [self.core, self.http, self.fleet]
 
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -125,6 +127,7 @@ class Supervisor:
                 return 1
             self.spawn(self.http)
             self.wait_ready(self.http)
+            self.spawn(self.fleet)
             log.info("event=daemon.ready pid=%d", os.getpid())
             while not self.stopping:
                 self.watch_once()
@@ -161,9 +164,9 @@ class Supervisor:
         self.stopping = True
 
     def shutdown(self) -> None:
-        """Stop HTTP first, then the core (it drains and commits), then drop the pid file."""
+        """Stop the fleet (it reports its runs), then HTTP, then the core (it drains and commits)."""
         self.stopping = True
-        for child in (self.http, self.core):
+        for child in (self.fleet, self.http, self.core):
             proc = child.proc
             if proc is None or proc.poll() is not None:
                 continue

@@ -172,6 +172,8 @@ class PortDaddyMCP:
                 return error_result(str(exc), "invalid_argument", "category")
             return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
         try:
+            if spec.local == "fleet_init":
+                return tool_result(await anyio.to_thread.run_sync(_fleet_init, arguments))
             if spec.parts:
                 return tool_result(await self._composite(spec, arguments))
             return tool_result(await self._single(spec, arguments))
@@ -280,3 +282,17 @@ def run(config: Config, full: bool = False) -> None:
     """Entry point of `pd mcp`: logs go to stderr, stdout belongs to the protocol."""
     logging.basicConfig(level=logging.WARNING, format="pd-mcp %(levelname)s %(name)s: %(message)s")
     anyio.run(serve, PortDaddyMCP(config, full=full or full_from_env()))
+
+
+def _fleet_init(arguments: dict[str, Any]) -> dict[str, Any]:
+    """What `pd fleet init` does, for the fleet_init tool (runs in the project, not the daemon)."""
+    from pathlib import Path
+
+    from fleet.project import init_project
+
+    folder = Path(arguments.get("project_dir") or ".")
+    try:
+        result = init_project(folder, force=bool(arguments.get("force")), hook=arguments.get("hook", True))
+    except ValueError as exc:
+        raise OpError("invalid_argument", str(exc), "project_dir") from None
+    return result.to_dict()

@@ -222,8 +222,7 @@ MAGIC: tuple[Magic | Composite, ...] = (
           fill=("owner",)),
     Magic("spawn_agent", ("spawn.start", "spawn.create", "spawn"),
           "to hand a task to a background AI agent that runs on its own."),
-    Magic("fleet_init", ("fleet.init",), "to set up a fleet of background agents (pd-fleet.yml, git hook)."),
-    Magic("fleet_status", ("fleet.status", "fleet.list"), "to see the background agents and their runs."),
+    Magic("fleet_status", ("fleet.list",), "to see the background agents, their fleets and their runs."),
 )
 
 # Plain tools keep the op name with dots -> underscores, except the names the seed made known.
@@ -265,6 +264,7 @@ class ToolSpec:
     arg_map: dict[str, str] = field(default_factory=dict)  # tool arg -> op arg
     fill: tuple[str, ...] = ()  # op args filled from the remembered agent
     parts: tuple[Part, ...] = ()
+    local: str | None = None  # a project-side action run by the MCP server itself (like the CLI's)
 
     def signature(self) -> str:
         """`claim_port(identity*, port, ...)`: the arguments at a glance, * = required."""
@@ -276,6 +276,21 @@ class ToolSpec:
     def op_field(self) -> dict[str, str]:
         """op arg -> tool arg, to name a refused field the way the caller spelled it."""
         return {v: k for k, v in self.arg_map.items()}
+
+
+# Writing pd-fleet.yml and the git hook is done in the project, not by the daemon (as `pd fleet
+# init` does): the MCP server runs it itself. It is the one tool that is not an operation.
+FLEET_INIT = ToolSpec(
+    name="fleet_init",
+    description=("Set up a fleet of background agents in a project folder: writes a starter pd-fleet.yml "
+                 "(its name is the folder's name) and installs the git post-commit hook that publishes "
+                 "git:committed.\nUse it: once per project, before `pd fleet up`.\nReturns: {projectDir, file, "
+                 "fileAction, hook, hookAction, notes}."),
+    input_schema={"type": "object", "additionalProperties": False, "properties": {
+        "project_dir": {"type": "string", "description": "the project folder (default: the server's folder)"},
+        "force": {"type": "boolean", "description": "overwrite an existing pd-fleet.yml"},
+        "hook": {"type": "boolean", "description": "install the git post-commit hook (default true)"}}},
+    categories=("magic", "fleet"), essential=True, local="fleet_init")
 
 
 def describe(op: Op, when: str | None = None, category: str | None = None) -> str:
@@ -356,6 +371,7 @@ def build_tools(catalogue: dict[str, Op] | None = None) -> dict[str, ToolSpec]:
                 covered.add(spec.op)
     names = list(CATEGORIES) + sorted({category_of(n) for n in catalogue} - set(CATEGORIES))
     tools[DISCOVER] = _discover_spec(names)
+    tools[FLEET_INIT.name] = FLEET_INIT
     for op in catalogue.values():
         if op.name in covered:
             continue

@@ -292,3 +292,18 @@ def test_pd_mcp_install_prints_the_snippet_and_writes_it(tmp_path, monkeypatch):
     written = runner.invoke(cli, ["mcp", "install", "--write"])
     assert written.exit_code == 0, written.output
     assert json.loads((tmp_path / ".mcp.json").read_text()) == snippet()
+
+
+def test_fleet_init_tool_writes_the_fleet_file_in_the_project(tmp_path):
+    import subprocess
+
+    from cli.mcp.server import _fleet_init
+    from cli.mcp.tools import build_tools
+
+    assert build_tools()["fleet_init"].essential
+    project = tmp_path / "myproj"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    out = _fleet_init({"project_dir": str(project)})
+    assert out["fileAction"] == "written" and (project / "pd-fleet.yml").exists()
+    assert "name: myproj" in (project / "pd-fleet.yml").read_text()

@@ -1,0 +1,40 @@
+"""The SDK: IPC first, then HTTP over daemon.sock, then TCP; reconnects after the core restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+from pdcore.client import AsyncClient, Client
+
+
+def test_falls_back_from_ipc_to_unix_http_to_tcp(daemon, tmp_path):
+    ident = f"sdk{uuid.uuid4().hex[:8]}:api"
+    port = daemon.client().port_claim(id=ident)["port"]
+    cfg = daemon.config
+    no_ipc = dataclasses.replace(cfg, ipc=tmp_path / "absent.ipc", shm_enabled=False)
+    c = Client(no_ipc)
+    assert not c._use_ipc()
+    assert c.port_claim(id=ident)["port"] == port  # over daemon.sock
+    tcp_only = dataclasses.replace(no_ipc, sock=tmp_path / "absent.sock")
+    assert Client(tcp_only).port_claim(id=ident)["port"] == port  # over 127.0.0.1:PORT
+
+
+def test_async_client_has_the_same_answers(daemon):
+    ident = f"sdk{uuid.uuid4().hex[:8]}:web"
+    port = daemon.client().port_claim(id=ident)["port"]
+
+    async def run() -> list[int]:
+        async with AsyncClient(daemon.config) as ac:
+            replies = await asyncio.gather(*(ac.port_claim(id=ident) for _ in range(20)))
+            return [r["port"] for r in replies]
+
+    assert asyncio.run(run()) == [port] * 20
+
+
+def test_sync_client_reconnects_after_the_core_restarts(fresh_daemon):
+    c = fresh_daemon.client(connect_retry_s=10)
+    port = c.port_claim(id="sdk:reconnect")["port"]
+    fresh_daemon.kill_core()
+    assert c.port_claim(id="sdk:reconnect")["port"] == port

@@ -16,3 +16,9 @@ def test_every_command_has_help_text():
     missing = [" ".join(p) for p, cmd, _ in _walk(cli, [], click.Context(cli, info_name="pd"))
                if p and not (cmd.help or "").strip()]
     assert not missing, f"commands without help: {missing}"
+
+
+def test_settings_reference_is_up_to_date():
+    from pdcore import configdoc
+
+    assert configdoc.current() == configdoc.render(), "run `python -m pdcore.configdoc --write`"

@@ -130,6 +130,15 @@ class Config:
     fleet_max_concurrent_default: int = 4  # a fleet's limits.max_concurrent_spawns when not set
     fleet_queue_max: int = 100  # triggered runs waiting for a free slot; beyond: skipped
     fleet_log_max_bytes: int = 10 * 1024 * 1024  # an agent's log file is rotated (one .1 kept) beyond this
+    # -- projects: wait-for-service, briefing, changelog, pd up/down (docs/projects.md). The up_* keys are
+    #    read by the `pd up` / `pd down` CLI, which runs the processes; the core never does.
+    wait_default_ms: int = 30_000  # GET /wait/:id and POST /wait without `timeout`
+    wait_max_ms: int = 300_000  # longest `timeout` a wait may park for (3.7: 5 minutes)
+    wait_max_ids: int = 100  # identities one POST /wait may wait for
+    changelog_max: int = 100_000  # changelog entries kept; the oldest go first
+    briefing_limit_default: int = 20  # notes, activity and changelog entries in a briefing
+    up_health_timeout_ms: int = 30_000  # a service's health wait when .portdaddyrc gives no healthTimeout
+    up_stop_grace_ms: int = 5000  # pd down: SIGTERM, then SIGKILL after this long
     # supervisor
     restart_backoff_max_s: float = 10.0
 

@@ -10,9 +10,6 @@ anything unexpected is logged and answered 500 `internal` without taking the wor
 
 from __future__ import annotations
 
-import base64
-import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from workers.corelink import CoreClient
 from workers.guard import Gate
 from workers.metrics import metrics_renderer
 from workers.openapi import SSE_PATH, build_spec
-from workers.routes import Core, OpResource, build_resources, router_template
+from workers.routes import Core, OpResource, build_resources, dumps, router_template
 from workers.slots import Slots
 from workers.sse import ChannelEvents, StreamSource
 
@@ -40,15 +37,6 @@ _CODE_BY_FALCON_STATUS = {
     400: "invalid_argument", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     408: "timeout", 413: "too_large", 429: "rate_limited", 503: "unavailable",
 }
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON fallback for values MessagePack can carry but JSON cannot."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=str)
-    return str(value)
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -153,8 +141,7 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
     app = falcon.App(middleware=[Gate(config.http_max_body)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
-    json_handler = falcon.media.JSONHandler(
-        dumps=functools.partial(json.dumps, ensure_ascii=False, default=_jsonable))
+    json_handler = falcon.media.JSONHandler(dumps=dumps)  # the responders' encoder (non-ASCII kept, bytes as base64)
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
 
     sse_template, sse_fields = router_template(SSE_PATH)

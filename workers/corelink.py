@@ -3,8 +3,16 @@
 A worker thread sends one REQUEST frame per HTTP request and reads until the reply that
 echoes its conv_id (anything else on the connection, e.g. a stale reply, is skipped). The
 connection is kept between requests; a connection the core closed (core restarted) is
-noticed before sending and replaced. When the core cannot be reached the caller gets an
-`OpError("unavailable")`, which the app turns into a 503 that says how to start it.
+noticed when sending to it fails (EPIPE: a Unix socket refuses a write to a closed peer at
+once) and replaced, and the request is sent again on a new one. When the core cannot be
+reached the caller gets an `OpError("unavailable")`, which the app turns into a 503 that
+says how to start it.
+
+Hot path: this runs once per HTTP request, so it makes as few system calls as it can: the
+socket stays in blocking mode and its timeouts are kernel ones (SO_RCVTIMEO / SO_SNDTIMEO,
+set only when the wanted value changes) instead of Python's poll-before-every-call timeout
+mode, and nothing is checked before sending. A request is one `send`, a reply usually one
+`recv`. Each of those releases the GIL, which with a pool of threads costs a hand-off.
 
 Event streams (SSE) do not share the thread's connection: each opens a `CoreStream`.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -87,6 +96,15 @@ def peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
+_SEND_TIMEOUT_S = DEFAULT_REPLY_TIMEOUT_S  # a core that reads nothing for this long is gone
+
+
+def _timeval(seconds: float) -> bytes:
+    micros = max(1, round(seconds * 1e6))  # 0 would mean "no timeout"
+    return _TIMEVAL.pack(micros // 1_000_000, micros % 1_000_000)
+
+
 class CoreLink:
     """One connection to the core. Not thread-safe: `CoreClient` keeps one per thread."""
 
@@ -96,6 +114,8 @@ class CoreLink:
         self.sock: socket.socket | None = None
         self.decoder = proto.FrameDecoder(_MAX_REPLY)
         self._conv = 0
+        self._recv_timeout = 0.0  # the SO_RCVTIMEO the socket has now
+        self._rbuf = memoryview(bytearray(_RECV))  # reused: recv() of a fresh 256 KiB bytes costs mmap+munmap
 
     def close(self) -> None:
         if self.sock is not None:
@@ -110,25 +130,37 @@ class CoreLink:
         self._conv = self._conv % proto.MAX_CONV_ID + 1
         return self._conv
 
-    def _ensure(self) -> socket.socket:
-        if self.sock is not None and peer_closed(self.sock):
-            self.close()
-        if self.sock is None:
-            self.sock = _connect(self.path, self.connect_wait_s)
-        return self.sock
+    def _open(self) -> socket.socket:
+        sock = _connect(self.path, self.connect_wait_s)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SEND_TIMEOUT_S))
+        except OSError:
+            sock.close()
+            raise
+        self._recv_timeout = 0.0
+        self.sock = sock
+        return sock
+
+    def _set_recv_timeout(self, sock: socket.socket, seconds: float) -> None:
+        if seconds != self._recv_timeout:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._recv_timeout = seconds
 
     def request(self, body: bytes, timeout_s: float, retry_after_send: bool) -> tuple[int, dict]:
         """Send one packed REQUEST payload; return (frame type, reply payload).
 
         A connection that breaks is replaced and the request sent again once: always when
-        sending failed, and after the send only when `retry_after_send` (the op is safe to
-        repeat), since the core may have applied it before it went away.
+        sending failed (nothing reached the core: this is also how a connection the core
+        closed between requests is noticed), and after the send only when
+        `retry_after_send` (the op is safe to repeat), since the core may have applied it
+        before it went away.
         """
         for attempt in (1, 2):
-            sock = self._ensure()
+            sock = self.sock
+            if sock is None:
+                sock = self._open()
             conv = self._next_conv()
             try:
-                sock.settimeout(timeout_s)
                 sock.sendall(proto.encode_body(proto.REQUEST, conv, body))
             except OSError as exc:
                 self.close()
@@ -149,16 +181,19 @@ class CoreLink:
         raise AssertionError("unreachable")
 
     def _read_reply(self, sock: socket.socket, conv: int, timeout_s: float) -> tuple[int, dict]:
+        if timeout_s <= 0:
+            raise TimeoutError
         deadline = time.monotonic() + timeout_s
+        wait = timeout_s
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
-            data = sock.recv(_RECV)
-            if not data:
+            self._set_recv_timeout(sock, wait)
+            try:
+                n = sock.recv_into(self._rbuf)
+            except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN on a blocking socket)
+                raise TimeoutError from None
+            if not n:
                 raise ConnectionError("the core closed the connection")
-            for item in self.decoder.feed(data):
+            for item in self.decoder.feed(self._rbuf[:n]):
                 if isinstance(item, proto.ProtocolError):
                     if item.conv_id == conv:
                         raise OpError("internal", f"the core's reply could not be read: {item}")
@@ -167,6 +202,20 @@ class CoreLink:
                 if conv_id != conv:
                     continue  # a delivery or a reply to an abandoned request
                 return type_, proto.unpack_payload(payload)
+            wait = deadline - time.monotonic()  # more to read: only what is left of the wait
+            if wait <= 0:
+                raise TimeoutError
+
+
+_fork_generation = 0  # bumped in a forked child: a thread's link from before the fork is not reused
+
+
+def _after_fork() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 class CoreClient:
@@ -178,10 +227,11 @@ class CoreClient:
         self._local = threading.local()
 
     def _link(self) -> CoreLink:
-        link = getattr(self._local, "link", None)
-        if link is None or self._local.pid != os.getpid():  # never reuse a socket across fork
-            link = self._local.link = CoreLink(self.path, self.connect_wait_s)
-            self._local.pid = os.getpid()
+        local = self._local
+        link = getattr(local, "link", None)
+        if link is None or local.generation != _fork_generation:  # never reuse a socket across fork
+            link = local.link = CoreLink(self.path, self.connect_wait_s)
+            local.generation = _fork_generation
         return link
 
     def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,

@@ -11,12 +11,18 @@
 - Encoded slashes: names may contain `/`; a client sends it as `%2F` inside one path segment.
   The WSGI server decodes the path before routing, so the gate re-splits the raw URI and
   keeps such a slash escaped for the router; `unescape_param` restores it.
+
+The gate runs on every request, so its answers for a Host or Origin value are remembered
+(clients send the same one or two values every time); the memory is bounded and forgets
+everything when full, so a client sending ever-new values costs the full check, no more.
 """
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import socket
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import falcon
@@ -25,6 +31,8 @@ from pdcore.errors import OpError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SLASH = "%2F"
+_CACHE_MAX = 256  # distinct Host / Origin values remembered per worker process
+_FAMILY = _socket.socket.family  # the C attribute: an int, without socket.socket's enum conversion
 
 
 def is_loopback_host(host: str) -> bool:
@@ -64,11 +72,35 @@ def is_loopback_origin(origin: str) -> bool:
     return parts.scheme in ("http", "https") and is_loopback_host(parts.netloc)
 
 
+def _remembered(check: Callable[[str], bool]) -> Callable[[str], bool]:
+    """`check` with its answers kept per value (bounded: cleared when `_CACHE_MAX` are kept)."""
+    answers: dict[str, bool] = {}
+
+    def cached(value: str) -> bool:
+        answer = answers.get(value)
+        if answer is None:
+            answer = check(value)
+            if len(answers) >= _CACHE_MAX:
+                answers.clear()
+            answers[value] = answer
+        return answer
+
+    return cached
+
+
+loopback_host = _remembered(is_loopback_host)
+loopback_origin = _remembered(is_loopback_origin)
+
+
 def over_unix_socket(env: dict) -> bool:
     """True when the request arrived on daemon.sock rather than over TCP."""
     sock = env.get("gunicorn.socket")
     # Without the server's socket object we cannot know: assume TCP, so the checks apply.
-    return sock is not None and getattr(sock, "family", None) == socket.AF_UNIX
+    if sock is None:
+        return False
+    if isinstance(sock, _socket.socket):
+        return _FAMILY.__get__(sock) == socket.AF_UNIX
+    return getattr(sock, "family", None) == socket.AF_UNIX
 
 
 def client_key(env: dict) -> str:
@@ -91,13 +123,13 @@ class Gate:
         env = req.env
         if not over_unix_socket(env):
             host = env.get("HTTP_HOST")
-            if host is not None and not is_loopback_host(host):
+            if host is not None and not loopback_host(host):
                 raise OpError(
                     "bad_host",
                     f"Host header {host[:100]!r} is not a loopback name; use http://localhost or "
                     "http://127.0.0.1 (other names are refused to stop DNS rebinding)", "Host")
         origin = env.get("HTTP_ORIGIN")
-        if origin is not None and req.method not in SAFE_METHODS and not is_loopback_origin(origin):
+        if origin is not None and req.method not in SAFE_METHODS and not loopback_origin(origin):
             raise OpError(
                 "bad_origin",
                 f"cross-origin {req.method} from {origin[:100]!r} is refused; only pages served from "

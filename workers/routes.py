@@ -5,10 +5,16 @@ parameters, JSON body and path parameters (in that order, later wins), turns tex
 typed values by the op's schema, sends ONE frame to the core and writes the reply as JSON
 (`{"success": true, **result}` with `Route.status`). Validation of the values themselves is
 the core's (one place per decision).
+
+This is every request's path, so a responder does only the work its request needs: no
+query parsing without a query string, no path typing without path fields, the body read
+straight from the server's (already length-bounded) input, and the reply encoded by one
+JSON encoder made once (`dumps`) rather than through Falcon's media handler lookup.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -30,6 +36,19 @@ PASSTHROUGH_QUERY = ("agentId",)  # accepted on any route: names the calling age
 
 # op name -> renderer(req, resp, result) returning True when it wrote the response itself.
 Renderer = Callable[[falcon.Request, falcon.Response, dict], bool]
+
+
+def jsonable(value: Any) -> Any:
+    """JSON fallback for values MessagePack can carry but JSON cannot."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    return str(value)
+
+
+# One encoder for every JSON reply (json.dumps with options builds a new one per call).
+dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, default=jsonable).encode
 
 
 class Core(Protocol):
@@ -60,11 +79,17 @@ def router_template(path: str) -> tuple[str, dict[str, str]]:
 
 def read_json_object(req: falcon.Request, max_body: int) -> dict:
     """The request body as a JSON object ({} when empty); 400 `invalid_json` otherwise."""
-    chunked = "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
-    if not chunked and not req.content_length:
-        return {}
-    stream = req.stream if chunked else req.bounded_stream
-    data = stream.read(max_body + 1)
+    env = req.env
+    chunked = "chunked" in (env.get("HTTP_TRANSFER_ENCODING") or "").lower()
+    if chunked:
+        data = req.stream.read(max_body + 1)
+    else:
+        length = req.content_length
+        if not length:
+            return {}
+        # The WSGI input ends at Content-Length (PEP 3333; gunicorn, and falcon's TestClient,
+        # bound it), so a plain read of at most that many bytes is what bounded_stream gives.
+        data = req.stream.read(min(length, max_body + 1))
     if len(data) > max_body:
         raise OpError("too_large", f"request body is over the {max_body}-byte limit (http_max_body)", "body")
     if not data.strip():
@@ -81,6 +106,8 @@ def read_json_object(req: falcon.Request, max_body: int) -> dict:
 
 def query_args(op: Op, req: falcon.Request) -> dict[str, Any]:
     """Query parameters named by the op (typed by its schema); blank values mean absent."""
+    if not req.query_string:
+        return {}
     params = {k: v for k, v in req.params.items() if v not in ("", [])}
     args = coerce_text_args(op, params)
     for key in PASSTHROUGH_QUERY:
@@ -105,16 +132,25 @@ class Endpoint:
     def __post_init__(self) -> None:
         self.arg_names = frozenset(a.name for a in self.op.args)
         self.method = self.route.method.upper()
+        self.has_body = self.method in BODY_METHODS
+        self.idempotent = self.method in READ_METHODS
+        self.may_park = self.op.parks
+        self.what = f"{self.route.method} {self.route.path}"
 
     def arguments(self, req: falcon.Request, params: dict[str, Any]) -> dict[str, Any]:
         args = query_args(self.op, req)
-        if self.method in BODY_METHODS:
+        if self.has_body:
             body = read_json_object(req, self.max_body)
-            body.pop("action", None)
-            args.update(body)
-        path = {self.fields.get(k, k): unescape_param(v) if isinstance(v, str) else v for k, v in params.items()}
-        typed = coerce_text_args(self.op, path)
-        args.update({k: typed.get(k, v) for k, v in path.items()})
+            if body:
+                body.pop("action", None)
+                if args:
+                    args.update(body)
+                else:
+                    args = body
+        if params:
+            path = {self.fields.get(k, k): unescape_param(v) if isinstance(v, str) else v for k, v in params.items()}
+            typed = coerce_text_args(self.op, path)
+            args.update({k: typed.get(k, v) for k, v in path.items()})
         return args
 
     def may_wait(self, args: dict[str, Any]) -> bool:
@@ -132,19 +168,19 @@ class Endpoint:
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
         args = self.arguments(req, params)
-        idempotent = self.method in READ_METHODS
-        if self.may_wait(args):
+        if self.may_park and self.may_wait(args):
             timeout_s = reply_timeout(args, parks=True)
-            with self.slots.held(client_key(req.env), f"{self.route.method} {self.route.path}"):
-                result = self.core.call(self.op.name, args, idempotent=idempotent, timeout_s=timeout_s)
+            with self.slots.held(client_key(req.env), self.what):
+                result = self.core.call(self.op.name, args, idempotent=self.idempotent, timeout_s=timeout_s)
         else:
-            result = self.core.call(self.op.name, args, idempotent=idempotent)
+            result = self.core.call(self.op.name, args, idempotent=self.idempotent)
         if self.renderer is not None and self.renderer(req, resp, result):
             return
         resp.status = self.route.status
         body: dict[str, Any] = {"success": True}
         body.update(result)
-        resp.media = body
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(body).encode()
 
 
 class OpResource:

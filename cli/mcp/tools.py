@@ -128,7 +128,7 @@ _CATEGORY_OF_PREFIX = {
     "note": "notes", "lock": "locks", "msg": "messaging", "agent": "agents", "salvage": "agents",
     "inbox": "inbox", "webhook": "webhooks", "integration": "integration", "dns": "dns",
     "briefing": "briefing", "tunnel": "tunnels", "project": "projects", "changelog": "changelog",
-    "activity": "activity", "daemon": "system", "wait": "system", "tuple": "tuples",
+    "activity": "activity", "daemon": "system", "wait": "system", "service": "system", "tuple": "tuples",
     "pheromone": "pheromone", "harbor": "harbors", "fleet": "fleet", "spawn": "fleet", "arbiter": "arbiter",
 }
 
@@ -226,7 +226,8 @@ MAGIC: tuple[Magic | Composite, ...] = (
 )
 
 # Plain tools keep the op name with dots -> underscores, except the names the seed made known.
-PLAIN_NAMES = {"tuple.rd": "tuple_read", "tuple.in": "tuple_take", "files.who_owns": "who_owns_file"}
+PLAIN_NAMES = {"tuple.rd": "tuple_read", "tuple.in": "tuple_take", "files.who_owns": "who_owns_file",
+               "service.wait": "wait_for_service"}
 
 DISCOVER = "pd_discover"
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")

@@ -12,6 +12,7 @@ releases the claims. Output goes to `.portdaddy/logs/{service}.log`.
 from __future__ import annotations
 
 import contextlib
+import graphlib
 import http.client
 import json
 import os
@@ -202,29 +203,11 @@ def load_rc(path: Path, context: str | None = None) -> ProjectSpec:
 
 # -- ordering -----------------------------------------------------------------------------------
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as [a, b, ..., a], or None (depth-first, in the graph's order)."""
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in graph[node]:
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    """A dependency cycle as [a, b, ..., a] (a needs b ...), or None."""
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))
     return None
 
 

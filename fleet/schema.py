@@ -8,6 +8,7 @@ Errors stop `pd fleet up`; warnings are printed and do not.
 from __future__ import annotations
 
 import difflib
+import graphlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -418,28 +419,10 @@ def _cycle(agents: dict[str, AgentSpec]) -> list[str] | None:
             if channel:
                 targets += [b.name for b in agents.values() if b.trigger and channel_matches_name(b.trigger, channel)]
         edges[a.name] = sorted(set(targets))
-    state: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for nxt in edges.get(node, ()):
-            if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(edges):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    try:  # graphlib reads edges as "depends on"; reversed, its cycle follows the publications
+        graphlib.TopologicalSorter({a: edges[a] for a in sorted(edges)}).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))
     return None
 
 

@@ -40,13 +40,29 @@ def _walk(cmd: click.Command, path: list[str], ctx: click.Context):
 
 
 def _options(cmd: click.Command, ctx: click.Context) -> list[str]:
+    """One row per option, from the option's own attributes (not click's version-dependent help layout)."""
     rows = []
-    for param in cmd.get_params(ctx):
-        record = param.get_help_record(ctx)
-        if record is None or param.name in ("help",):
+    for param in cmd.params:
+        if not isinstance(param, click.Option) or param.hidden:
             continue
-        rows.append(f"| `{record[0]}` | {record[1].replace('|', '/')} |")
+        names = ", ".join(param.opts + param.secondary_opts)
+        if not param.is_flag and not param.count:
+            names += f" {param.metavar or param.type.name.upper()}"
+        text = (param.help or "").replace("|", "/")
+        rows.append(f"| `{names}` | {text} |")
     return rows
+
+
+def _usage(cmd: click.Command) -> str:
+    """The usage line, built from the command's parameters (click's own layout varies by version)."""
+    if isinstance(cmd, click.Group):
+        return "[OPTIONS] COMMAND [ARGS]..."
+    pieces = ["[OPTIONS]"]
+    for param in cmd.params:
+        if isinstance(param, click.Argument):
+            name = param.human_readable_name.upper() + ("..." if param.nargs == -1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+    return " ".join(pieces)
 
 
 def render() -> str:
@@ -56,7 +72,7 @@ def render() -> str:
     for path, cmd, ctx in _walk(cli, [], root_ctx):
         if not path:
             continue
-        usage = " ".join(cmd.collect_usage_pieces(ctx))
+        usage = _usage(cmd)
         out.append(f"## `pd {' '.join(path)}`\n")
         out.append(f"```\npd {' '.join(path)} {usage}\n```\n")
         help_text = (cmd.help or "").strip()

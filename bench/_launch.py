@@ -14,10 +14,8 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,55 +27,27 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pdcore.client import Client  # noqa: E402
-from pdcore.config import Config, load_config  # noqa: E402
+from pdcore.config import Config  # noqa: E402
 from pdcore.errors import OpError  # noqa: E402
+from pdcore.testing import config_for, isolated_home  # noqa: E402
 
 # Settings every benchmark wants: the per-connection IPC rate limit is a safety limit, not a
 # capacity, so it is off; the log stays at WARNING so logging is not measured.
 BENCH_DEFAULTS: dict[str, Any] = {"ipc_rate_limit": 0, "log_level": "WARNING"}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on right now."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class BenchDaemon:
     """A daemon in its own temporary home; use as a context manager or start()/stop()."""
 
     def __init__(self, **settings: Any) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="pd-bench-"))
-        os.chmod(self.home, 0o700)
-        self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PORT_DADDY_")}
-        self.env.update({
-            "PORT_DADDY_HOME": str(self.home),
-            "PORT_DADDY_PORT": str(self.port),
-            "PORT_DADDY_NO_AUTOSTART": "1",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        })
-        for key, value in {**BENCH_DEFAULTS, **settings}.items():
-            if isinstance(value, bool):
-                value = "1" if value else "0"
-            self.env[f"PORT_DADDY_{key.upper()}"] = str(value)
+        self.home, self.port, self.env = isolated_home({**BENCH_DEFAULTS, **settings}, prefix="pd-bench-")
         self.proc: subprocess.Popen | None = None
         self.core_only = False
 
     # -- paths and config --
     @property
     def config(self) -> Config:
-        saved = dict(os.environ)
-        try:
-            os.environ.clear()
-            os.environ.update(self.env)
-            return load_config(self.home)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        return config_for(self.env, self.home)
 
     @property
     def ipc_path(self) -> str:

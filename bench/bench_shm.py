@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._launch import BenchDaemon as Daemon  # noqa: E402
 from pdcore.client import Client  # noqa: E402
-from tests.conftest import Daemon  # noqa: E402
 
 
 def rate(fn, seconds: float = 2.0) -> float:

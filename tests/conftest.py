@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,49 +21,23 @@ import psutil
 import pytest
 
 from pdcore.client import Client
-from pdcore.config import load_config
 from pdcore.errors import OpError
+from pdcore.testing import REPO, config_for, free_port, isolated_home
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+__all__ = ["REPO", "Daemon", "free_port"]
 
 
 class Daemon:
     """A running daemon in its own home; see the module doc."""
 
     def __init__(self, **settings: object) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="pd-"))
-        os.chmod(self.home, 0o700)
-        self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PORT_DADDY_")}
-        self.env.update({
-            "PORT_DADDY_HOME": str(self.home),
-            "PORT_DADDY_PORT": str(self.port),
-            "PORT_DADDY_NO_AUTOSTART": "1",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        })
-        for key, value in settings.items():
-            self.env[f"PORT_DADDY_{key.upper()}"] = str(value)
+        self.home, self.port, self.env = isolated_home(settings)
         self.proc: subprocess.Popen | None = None
         self._clients: list[Client] = []
 
     @property
     def config(self):
-        saved = dict(os.environ)
-        try:
-            os.environ.clear()
-            os.environ.update(self.env)
-            return load_config(self.home)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        return config_for(self.env, self.home)
 
     def start(self, timeout: float = 30.0) -> Daemon:
         log = open(self.home / "daemon.log", "ab")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from pdcore.testing import free_port
 from tests.conftest import REPO, Daemon
 
 
@@ -46,7 +47,7 @@ def test_stale_pid_file_and_socket_are_cleaned_on_start():
 
 def test_dev_daemon_runs_beside_the_main_one(tmp_path, daemon):
     env = {**daemon.env, "PORT_DADDY_DEV_HOME": str(tmp_path / "dev"),
-           "PORT_DADDY_DEV_PORT": str(__import__("tests.conftest").conftest.free_port())}
+           "PORT_DADDY_DEV_PORT": str(free_port())}
     os.makedirs(tmp_path / "dev", mode=0o700)
     try:
         assert run_pd(env, "dev", "start").returncode == 0

@@ -267,15 +267,16 @@ class Core:
         now_mono = time.monotonic()
         now_ms = int(time.time() * 1000)
         stats = self.stats
+        limited = conn.limited
         for item in conn.decoder.feed(data):
             if conn.closed:
                 return
-            if isinstance(item, P.ProtocolError):
+            if item.__class__ is not tuple:
                 self._violation(conn, item)
                 continue
             type_, conv_id, body = item
             stats["frames"] += 1
-            if conn.limited and not conn.take_token(now_mono):
+            if limited and not conn.take_token(now_mono):
                 stats["rate_limited"] += 1
                 if conv_id:
                     err = OpError("rate_limited", f"more than {self.config.ipc_rate_limit} frames/s on this connection")
@@ -334,7 +335,9 @@ class Core:
         """Validate and run one operation; queue its reply (or park it)."""
         stats = self.stats
         action = payload.get("action")
-        entry = self._entry(action)
+        entry = self._entries.get(action) if action.__class__ is str else None
+        if entry is None:
+            entry = self._entry(action)
         if entry is None:
             stats["errors"] += 1
             if conv_id:

@@ -43,6 +43,7 @@ NAMES = {
     UNSUBSCRIBE: "UNSUBSCRIBE", CONTINUATION: "CONTINUATION",
 }
 KNOWN_TYPES = frozenset(NAMES)
+_SINGLE_FRAME_TYPES = KNOWN_TYPES - {CONTINUATION}
 # Performatives a client may send to the core.
 CLIENT_TYPES = frozenset({INFORM, REQUEST, QUERY_IF, QUERY_REF, CANCEL, SUBSCRIBE, UNSUBSCRIBE})
 
@@ -125,6 +126,9 @@ class FrameDecoder:
                     break
                 body = bytes(buf[pos + HEADER_SIZE:pos + HEADER_SIZE + length])
                 pos += HEADER_SIZE + length
+                if length and type_ in _SINGLE_FRAME_TYPES and self._chunk_conv < 0:
+                    yield (type_, conv_id, body)  # the common case: a whole message in one frame
+                    continue
                 item = self._message(type_, conv_id, body)
                 if item is not None:
                     yield item

@@ -40,12 +40,25 @@ _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
+_CALL_TYPES = frozenset({P.REQUEST, P.QUERY_REF, P.QUERY_IF, P.INFORM})
+# Fire-and-forget frames repeat byte for byte (an agent's heartbeat): their decoded, validated
+# arguments are kept by body, so a repeat skips MessagePack and validation. Only payloads of
+# scalars are kept (handlers get fresh kwargs, and nothing shared can be mutated).
+_FF_CACHE_MAX = 4096
+_FF_CACHE_BODY_MAX = 256
 EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
 CHECKPOINT_EVERY = 1000
 # Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId}),
 # not the caller: it must not become the caller's identity.
 _AGENT_IS_TARGET = frozenset(
     op.name for op in CATALOGUE.values() if any(a.name == "agentId" and a.where == "path" for a in op.args))  # commits between WAL checkpoints (run off the core's thread)
+
+
+def _all_scalar(payload: dict) -> bool:
+    for value in payload.values():
+        if value is not None and value.__class__ not in (str, int, float, bool):
+            return False
+    return True
 
 
 class _Entry:
@@ -172,6 +185,7 @@ class Core:
         self.stats = self.state.daemon.stats  # type: ignore[attr-defined]
         self._arbiter = self.state.arbiter  # type: ignore[attr-defined]
         self._entries: dict[str, _Entry] = {}
+        self._ff_cache: dict[bytes, tuple] = {}
         for key in ("frames", "ops", "errors", "ff_dropped", "rate_limited", "violations", "connections",
                     "refused_connections", "delivered", "delivery_dropped", "commits", "parked"):
             self.stats[key] = 0
@@ -284,6 +298,11 @@ class Core:
                 else:
                     stats["ff_dropped"] += 1
                 continue
+            if not conv_id and type_ in _CALL_TYPES:
+                hit = self._ff_cache.get(body)
+                if hit is not None and not self._arbiter.overboard:
+                    self._run_fire_and_forget(conn, hit, now_ms)
+                    continue
             try:
                 payload = _unpackb(body, raw=False, strict_map_key=False)
             except Exception:
@@ -292,8 +311,8 @@ class Core:
             if not isinstance(payload, dict):
                 self._violation(conn, P.ProtocolError("bad_payload", "payload must be a MessagePack map", conv_id))
                 continue
-            if type_ == P.REQUEST or type_ == P.QUERY_REF or type_ == P.QUERY_IF or type_ == P.INFORM:
-                self.dispatch(conn, conv_id, payload, now_ms)
+            if type_ in _CALL_TYPES:
+                self.dispatch(conn, conv_id, payload, now_ms, body)
             elif type_ == P.SUBSCRIBE or type_ == P.UNSUBSCRIBE:
                 self._subscription(conn, type_, conv_id, payload)
             elif type_ == P.CANCEL:
@@ -331,7 +350,7 @@ class Core:
             entry = self._entries[action] = _Entry(op, self.state.handler(op.handler), VALIDATORS[action])
         return entry
 
-    def dispatch(self, conn: Connection, conv_id: int, payload: dict, now_ms: int) -> None:
+    def dispatch(self, conn: Connection, conv_id: int, payload: dict, now_ms: int, body: bytes | None = None) -> None:
         """Validate and run one operation; queue its reply (or park it)."""
         stats = self.stats
         action = payload.get("action")
@@ -357,6 +376,10 @@ class Core:
             if self._arbiter.overboard:
                 self._arbiter.check_writes(ctx, entry.op, payload)
             args = entry.validate(payload)
+            if body is not None and not conv_id and len(body) <= _FF_CACHE_BODY_MAX and _all_scalar(payload):
+                if len(self._ff_cache) >= _FF_CACHE_MAX:
+                    self._ff_cache.clear()
+                self._ff_cache[body] = (entry, args, agent_id)
             if entry.durable:
                 result = self._run(entry.handler, ctx, args, True)
             else:
@@ -381,6 +404,29 @@ class Core:
                 self._park(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
         elif conv_id:
             conn.send(P.encode_body(P.INFORM_DONE, conv_id, _pack({"action": action, "result": result})))
+        if self.state.pending_wakes:
+            self._process_wakes()
+
+    def _run_fire_and_forget(self, conn: Connection, hit: tuple, now_ms: int) -> None:
+        """Run a fire-and-forget frame whose exact bytes were decoded and validated before."""
+        entry, args, agent_id = hit
+        self.stats["ops"] += 1
+        public = conn.public
+        ctx = Ctx(now_ms, conn if public else None, agent_id, "ipc" if public else "http")
+        try:
+            if entry.durable:
+                self._run(entry.handler, ctx, args, True)
+            else:
+                entry.handler(ctx, **args)
+        except OpError:
+            self.stats["errors"] += 1
+            self._after_state_change()
+            return
+        except Exception:
+            self.stats["errors"] += 1
+            log.exception("event=op.crash action=%s", entry.op.name)
+            self._after_state_change()
+            return
         if self.state.pending_wakes:
             self._process_wakes()
 

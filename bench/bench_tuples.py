@@ -88,7 +88,14 @@ def main() -> None:
     result = {"take": bench_take(tuple(int(s) for s in args.sizes.split(",")))}
     if not args.no_daemon:
         result["spray"] = bench_spray()
-    print(json.dumps(result, indent=2))
+    for size, row in result["take"].items():
+        if isinstance(row, dict):
+            print(f"tuple in, {int(size):>9,} other tuples   median {row['take_us_median']:7.2f} us   "
+                  f"p90 {row['take_us_p90']:7.2f} us")
+    print(f"ratio largest / smallest (median)         {result['take']['ratio_largest_to_smallest']:.2f}")
+    if "spray" in result:
+        print(f"pheromone spray, fire-and-forget          {result['spray']['core_ingest_per_s']:,} frames/s ingested")
+    print(json.dumps({"bench": "tuples", **result}))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,11 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
         if _answers(config):
             return proc.pid
         time.sleep(0.05)
+    proc.terminate()  # do not leave a half-started daemon behind a failed `pd start`
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise RuntimeError(f"the daemon did not answer within {timeout:.0f}s; see {config.log_path}:\n{log_tail(config)}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,19 @@ class Child:
     restart_at: float = 0.0
     restarts: int = 0
     log_file: object = field(default=None, repr=False)
+
+
+def tcp_port_free(port: int) -> bool:
+    """Can the HTTP server bind 127.0.0.1:`port`? (SO_REUSEADDR, as gunicorn binds it.)"""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def supervisor_running(config: Config) -> int | None:
@@ -78,6 +92,9 @@ class Supervisor:
         other = supervisor_running(self.config)
         if other:
             raise SystemExit(f"port-daddy: already running (pid {other}); `pd stop` first")
+        if not self.config.no_tcp and not tcp_port_free(self.config.tcp_port):
+            raise SystemExit(f"port-daddy: 127.0.0.1:{self.config.tcp_port} is in use by another program; "
+                             "stop it, or set PORT_DADDY_PORT (or tcp_port in config.yaml)")
         if self.config.pid_file.exists():
             log.info("event=stale_pid_file.removed path=%s", self.config.pid_file)
             self.config.pid_file.unlink()

@@ -102,3 +102,20 @@ def test_key_with_loose_permissions_stops_the_daemon_with_one_line():
     finally:
         run_pd(d.env, "stop")
         d.stop()
+
+
+def test_tcp_port_in_use_is_refused_in_one_line():
+    import socket
+
+    d = Daemon()
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", d.port))
+    squatter.listen()
+    try:
+        out = run_pd(d.env, "start")
+        assert out.returncode == 1 and out.stderr.count("\n") == 1 and "in use" in out.stderr, out.stderr
+        assert run_pd(d.env, "status").returncode == 1
+    finally:
+        squatter.close()
+        run_pd(d.env, "stop")
+        d.stop()

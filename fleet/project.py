@@ -20,7 +20,7 @@ PROJECT_TOKEN = "@@PROJECT@@"
 
 def starter_text(project: str) -> str:
     """The starter fleet file for a project folder named `project`."""
-    text = resources.files("fleet").joinpath("templates", STARTER).read_text()
+    text = resources.files("fleet.templates").joinpath(STARTER).read_text()
     return text.replace(PROJECT_TOKEN, project)
 
 

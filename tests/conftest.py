@@ -7,6 +7,7 @@ temporary folder and the TCP port a free one on 127.0.0.1.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -95,7 +96,11 @@ class Daemon:
 
     def pd(self, *args: str, input: str | None = None, timeout: float = 30.0,
            env: dict | None = None, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], env={**self.env, **(env or {})},
+        """Run `pd` as a user would: from the install, without PYTHONPATH, when this checkout is installed."""
+        full_env = {**self.env, **(env or {})}
+        if _installed_from_this_checkout():
+            full_env.pop("PYTHONPATH", None)
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=full_env,
                               input=input, capture_output=True, text=True, timeout=timeout,
                               cwd=cwd or REPO)
 
@@ -158,6 +163,15 @@ class Daemon:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@functools.cache
+def _installed_from_this_checkout() -> bool:
+    """Is `cli` importable, outside the checkout and without PYTHONPATH, from this checkout?"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([sys.executable, "-c", "import cli, pathlib; print(pathlib.Path(cli.__file__).parents[1])"],
+                           env=env, cwd="/", capture_output=True, text=True, timeout=30)
+    return probe.returncode == 0 and Path(probe.stdout.strip()) == REPO
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ generated methods unless `_reply=True` is given.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import itertools
 import json
@@ -337,104 +336,6 @@ class Subscription:
             self._sock = None
 
 
-# -- the asyncio client ----------------------------------------------------------------------
-class AsyncClient:
-    """The asyncio twin of Client: same methods, awaited; many calls may be in flight at once."""
-
-    def __init__(self, config: Config | None = None, home: str | None = None, timeout: float = 30.0) -> None:
-        self.config = config or load_config(home)
-        self.timeout = timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._waiters: dict[int, asyncio.Future] = {}
-        self._reader_task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
-
-    async def _connect(self) -> asyncio.StreamWriter:
-        if self._writer is not None and not self._writer.is_closing():
-            return self._writer
-        async with self._lock:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
-            delay = 0.02
-            deadline = time.monotonic() + 3.0
-            while True:
-                try:
-                    self._reader, self._writer = await asyncio.open_unix_connection(str(self.config.ipc))
-                    break
-                except OSError:
-                    if time.monotonic() + delay > deadline:
-                        raise OpError("unavailable", DOWN_MESSAGE) from None
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-            self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(self._reader))
-            return self._writer
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        decoder = P.FrameDecoder(1 << 30)
-        try:
-            while True:
-                data = await reader.read(262144)
-                if not data:
-                    break
-                for item in decoder.feed(data):
-                    if isinstance(item, P.ProtocolError):
-                        continue
-                    type_, conv_id, body = item
-                    fut = self._waiters.pop(conv_id, None)
-                    if fut is not None and not fut.done():
-                        fut.set_result((type_, P.unpack_payload(body)))
-        finally:
-            for fut in self._waiters.values():
-                if not fut.done():
-                    fut.set_exception(OpError("unavailable", "the connection to the daemon was lost before it "
-                                                             "answered; the operation may or may not have applied"))
-            self._waiters.clear()
-            if self._writer is not None:
-                self._writer.close()
-            self._writer = None
-
-    async def call(self, action: str, **args: Any) -> Any:
-        op = CATALOGUE.get(action)
-        if op is None:
-            raise OpError("unknown_action", f"unknown action {action!r}", "action")
-        args = {k: v for k, v in args.items() if v is not None}
-        if not Path(self.config.ipc).exists() and self._writer is None:
-            return await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
-        writer = await self._connect()
-        conv = _next_conv()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[conv] = fut
-        writer.write(P.encode(P.REQUEST, conv, {"action": action, **args}))
-        wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
-                   default=0)
-        try:
-            type_, payload = await asyncio.wait_for(fut, self.timeout + wait / 1000.0)
-        finally:
-            self._waiters.pop(conv, None)
-        return _reply_value(type_, payload)
-
-    async def fire(self, action: str, **args: Any) -> None:
-        op = CATALOGUE.get(action)
-        if op is None or not op.fire_and_forget:
-            raise OpError("fire_and_forget_not_allowed", f"{action} cannot be sent fire-and-forget", "action")
-        writer = await self._connect()
-        writer.write(P.encode(P.REQUEST, 0, {"action": action, **{k: v for k, v in args.items() if v is not None}}))
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        self._writer = None
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
 # -- generated methods -----------------------------------------------------------------------
 def _make_sync(op: Op):
     name = op.name
@@ -451,21 +352,14 @@ def _make_sync(op: Op):
     return method
 
 
-def _make_async(op: Op):
-    name = op.name
-    if op.fire_and_forget:
-        async def method(self: AsyncClient, _reply: bool = False, **args: Any) -> Any:
-            if _reply:
-                return await self.call(name, **args)
-            return await self.fire(name, **args)
-    else:
-        async def method(self: AsyncClient, **args: Any) -> Any:
-            return await self.call(name, **args)
-    method.__name__ = op.method_name
-    method.__doc__ = _make_sync(op).__doc__
-    return method
-
-
 for _op in CATALOGUE.values():
     setattr(Client, _op.method_name, _make_sync(_op))
-    setattr(AsyncClient, _op.method_name, _make_async(_op))
+
+
+def __getattr__(name: str) -> Any:
+    """`AsyncClient` lives in pdcore.aclient; it is loaded on first use so the CLI never imports asyncio."""
+    if name == "AsyncClient":
+        from pdcore.aclient import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 DEFAULT_HOME = "~/.port-daddy"
 
 
@@ -201,6 +199,8 @@ def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Conf
     names = {f.name for f in dataclasses.fields(Config)} - {"home"}
     cfg_file = home_path / "config.yaml"
     if cfg_file.is_file():
+        import yaml  # only when there is a config file: keeps `pd` start-up lean
+
         data = yaml.safe_load(cfg_file.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{cfg_file}: expected a mapping of settings")

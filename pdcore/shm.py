@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from pdcore.state.ports import stable_hash
+from pdcore.identity import stable_hash
 
 MAGIC = b"PDSHM001"
 HEADER = struct.Struct("<8sIII")

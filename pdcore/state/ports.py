@@ -9,7 +9,6 @@ a `find` costs more as the table grows.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import socket
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import psutil
 
 from pdcore.errors import OpError
+from pdcore.identity import stable_hash
 from pdcore.state.base import Ctx, Primitive
 from pdcore.state.portmap import FreePorts
 from pdcore.state.trie import IdentityTrie, matches
@@ -25,11 +25,6 @@ from pdcore.timers import Timer
 MAX_BOUND_PROBES = 256
 _INSERT_SERVICE = ("INSERT INTO services (id, port, pid, pid_start, cmd, cwd, status, metadata, pair, endpoints, "
                    "created_at, updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
-
-
-def stable_hash(identity: str) -> int:
-    """The identity's hash: the first 8 bytes of SHA-256, the same everywhere, every run."""
-    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big")
 
 
 def port_is_bindable(port: int) -> bool:

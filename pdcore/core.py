@@ -443,14 +443,6 @@ class Core:
         store.end_op()
         return result
 
-    def call_internal(self, action: str, **args: Any) -> Any:
-        """Run an operation from inside the core process (tests, housekeeping)."""
-        op = CATALOGUE[action]
-        ctx = Ctx(int(time.time() * 1000))
-        result = self._run(self.state.handler(op.handler), ctx, VALIDATORS[action](args), op.durable)
-        self._after_state_change()
-        return result
-
     # -- parking ---------------------------------------------------------------------------
     def _park(self, conn: Connection, conv_id: int, action: str, handler: Callable, args: dict,
               agent_id: str | None, park: Park, durable: bool) -> None:

@@ -194,6 +194,11 @@ def doctor() -> None:
 def metrics(prometheus: bool) -> None:
     """Daemon counters and gauges."""
     result = call("daemon.metrics")
+    if prometheus:
+        from workers.metrics import render_prometheus  # the same renderer as GET /metrics?format=prometheus
+
+        click.echo(render_prometheus(result), nl=False)
+        return
     output(result, lambda r: json.dumps(r, indent=2, sort_keys=True))
 
 

@@ -119,3 +119,10 @@ def test_tcp_port_in_use_is_refused_in_one_line():
         squatter.close()
         run_pd(d.env, "stop")
         d.stop()
+
+
+def test_metrics_as_json_and_prometheus_text(daemon):
+    as_json = daemon.pd("metrics", "--json")
+    assert as_json.returncode == 0 and '"counters"' in as_json.stdout
+    text = daemon.pd("metrics", "--prometheus")
+    assert text.returncode == 0 and "# TYPE pd_ops_total counter" in text.stdout

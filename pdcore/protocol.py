@@ -44,8 +44,6 @@ NAMES = {
 }
 KNOWN_TYPES = frozenset(NAMES)
 _SINGLE_FRAME_TYPES = KNOWN_TYPES - {CONTINUATION}
-# Performatives a client may send to the core.
-CLIENT_TYPES = frozenset({INFORM, REQUEST, QUERY_IF, QUERY_REF, CANCEL, SUBSCRIBE, UNSUBSCRIBE})
 
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = HEADER.pack

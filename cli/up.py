@@ -515,7 +515,10 @@ def down(spec: ProjectSpec, call: Call, only: list[str] | None = None, grace_ms:
         outcome = stop_process(pid, pid_start, grace_ms) if pid else "not running"
         released = 0
         if service is not None:
-            released = call("port.release", id=svc.identity)["released"]
+            call("port.release", id=svc.identity)
+            # The core may have released it first (it frees a claim whose pid exited): either way
+            # the claim is no longer held, which is what `released` reports.
+            released = 1
         state.pop(svc.identity, None)
         save_state(spec, state)
         if outcome != "not running" or released:

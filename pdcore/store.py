@@ -225,6 +225,20 @@ class Store:
         self.db.close()
 
 
+def where_clause(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """`(" WHERE a = ? AND b >= ?", [a, b])` from (condition, value) pairs; a None value is no filter.
+
+    The read ops filter by optional fields; this is the one place that turns them into SQL.
+    """
+    parts, params = [], []
+    for condition, value in conditions:
+        if value is None:
+            continue
+        parts.append(condition)
+        params.append(value)
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
 def _split_sql(sql: str) -> list[str]:
     """Split a migration into statements; `sqlite3.complete_statement` keeps triggers whole."""
     statements, buf = [], ""

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from pdcore.state.base import Ctx, Primitive
+from pdcore.store import where_clause
 
 _encode = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once: dumps(default=) is not
 _INSERT_ACTIVITY = "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)"
@@ -43,26 +44,9 @@ class Activity(Primitive):
         since: int | None = None,
         before: int | None = None,
     ) -> dict:
-        where, params = [], []
-        if type:
-            where.append("type = ?")
-            params.append(type)
-        if agentId:
-            where.append("actor = ?")
-            params.append(agentId)
-        if target:
-            where.append("target = ?")
-            params.append(target)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        if before is not None:
-            where.append("id < ?")
-            params.append(before)
-        sql = "SELECT id, ts, type, actor, target, details FROM activity"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
+        clause, params = where_clause(("type = ?", type or None), ("actor = ?", agentId or None),
+                                      ("target = ?", target or None), ("ts >= ?", since), ("id < ?", before))
+        sql = f"SELECT id, ts, type, actor, target, details FROM activity{clause} ORDER BY id DESC LIMIT ?"
         params.append(limit)
         rows = self.store.read(sql, params)
         entries = [

@@ -30,6 +30,7 @@ from typing import Any
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Primitive
 from pdcore.state.harbors import covers
+from pdcore.store import where_clause
 from pdcore.timers import Timer
 
 CHANNEL = "pd:arbiter"
@@ -422,17 +423,8 @@ class Arbiter(Primitive):
         self.flush()
         if rule is not None and rule.upper() not in RULES:
             raise OpError("invalid_argument", f"rule must be one of {', '.join(RULES)}", "rule")
-        where, params = [], []
-        if rule:
-            where.append("rule = ?")
-            params.append(rule.upper())
-        if agentId:
-            where.append("agent_id = ?")
-            params.append(agentId)
-        if since is not None:
-            where.append("ts >= ?")
-            params.append(since)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, params = where_clause(("rule = ?", rule.upper() if rule else None), ("agent_id = ?", agentId or None),
+                                      ("ts >= ?", since))
         total = self.store.read_one(f"SELECT COUNT(*) FROM arbiter_violations{clause}", params)[0]
         rows = self.store.read(
             "SELECT id, ts, rule, severity, agent_id, target, details, action, metadata FROM arbiter_violations"

@@ -13,6 +13,7 @@ from typing import Any
 
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Primitive
+from pdcore.store import where_clause
 
 _COLUMNS = "id, agent_id, from_agent, content, content_type, type, read, read_at, created_at"
 
@@ -74,19 +75,10 @@ class Inbox(Primitive):
     def list(self, ctx: Ctx, id: str, unread: bool | None = False, limit: int = 50, since: int | None = None,
              before: int | None = None) -> dict:
         """Messages of agent `id`, newest first; `before` (a message id) pages further back."""
-        where, params = ["agent_id = ?"], [id]
-        if unread:
-            where.append("read = 0")
-        if since is not None:
-            where.append("created_at > ?")
-            params.append(since)
-        if before is not None:
-            where.append("id < ?")
-            params.append(before)
-        rows = self.store.read(
-            f"SELECT {_COLUMNS} FROM inbox_messages WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
-            (*params, limit),
-        )
+        clause, params = where_clause(("agent_id = ?", id), ("read = ?", 0 if unread else None),
+                                      ("created_at > ?", since), ("id < ?", before))
+        rows = self.store.read(f"SELECT {_COLUMNS} FROM inbox_messages{clause} ORDER BY id DESC LIMIT ?",
+                               (*params, limit))
         messages = [_row(r) for r in rows]
         return {"agentId": id, "messages": messages, "count": len(messages)}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pdcore.state.base import Ctx, Primitive
+from pdcore.store import where_clause
 
 
 def integration_channel(project: str) -> str:
@@ -56,20 +57,10 @@ class Integration(Primitive):
     def list(self, ctx: Ctx, project: str | None = None, identity: str | None = None, type: str | None = None,
              limit: int = 100) -> dict:
         """Signals, newest first, by project, identity and type."""
-        where, params = [], []
-        if project:
-            where.append("project = ?")
-            params.append(project)
-        if identity:
-            where.append("identity = ?")
-            params.append(identity)
-        if type:
-            where.append("kind = ?")
-            params.append(type)
-        sql = "SELECT id, identity, project, kind, message, agent_id, created_at FROM integration_signals"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self.store.read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        clause, params = where_clause(("project = ?", project or None), ("identity = ?", identity or None),
+                                      ("kind = ?", type or None))
+        rows = self.store.read("SELECT id, identity, project, kind, message, agent_id, created_at FROM "
+                               f"integration_signals{clause} ORDER BY id DESC LIMIT ?", (*params, limit))
         signals = [{"id": r[0], "identity": r[1], "project": r[2], "type": r[3], "message": r[4], "agentId": r[5],
                     "createdAt": r[6]} for r in rows]
         latest: dict[str, str] = {}

@@ -84,3 +84,10 @@ def test_appends_of_a_failed_op_are_dropped_and_others_kept(store):
     store.abort_op()
     store.commit()
     assert rows(store) == ["ok"]
+
+
+def test_where_clause_skips_absent_filters():
+    from pdcore.store import where_clause
+
+    assert where_clause(("a = ?", None), ("b >= ?", 0)) == (" WHERE b >= ?", [0])
+    assert where_clause(("a = ?", None)) == ("", [])

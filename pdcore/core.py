@@ -201,6 +201,7 @@ class Core:
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pd-offload")
+        self._offloads: list[tuple[Callable, Callable]] = []  # started after the tick's commit (_flush)
         self.servers: list[asyncio.AbstractServer] = []
         self.shm: ShmWriter | None = None
         self._commits_since_checkpoint = 0
@@ -628,6 +629,15 @@ class Core:
 
     # -- off-thread work -------------------------------------------------------------------
     def offload(self, fn: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
+        """Run `fn` on a pool thread once this tick's transaction has committed.
+
+        Nothing a tick starts off the thread (a webhook POST, a scan over its own database
+        connection) can then see or announce a change that is not yet durable.
+        """
+        self._offloads.append((fn, then))
+        self.schedule_flush()
+
+    def _submit(self, fn: Callable[[], Any], then: Callable[[Any, BaseException | None], None]) -> None:
         future = self.loop.run_in_executor(self._pool, fn)
 
         def done(fut: asyncio.Future) -> None:
@@ -650,7 +660,7 @@ class Core:
             if error is not None:
                 log.warning("event=checkpoint.failed error=%s", error)
 
-        self.offload(self.store.checkpoint, done)
+        self._submit(self.store.checkpoint, done)
 
     # -- group commit ----------------------------------------------------------------------
     def schedule_flush(self) -> None:
@@ -673,6 +683,10 @@ class Core:
             os._exit(70)
         if self.shm is not None and self.state.ports.changed:  # type: ignore[attr-defined]
             self._publish_shm()
+        if self._offloads:
+            offloads, self._offloads = self._offloads, []
+            for fn, then in offloads:
+                self._submit(fn, then)
         dirty, self.dirty = self.dirty, []
         for conn in dirty:
             out = conn.out

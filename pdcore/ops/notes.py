@@ -48,8 +48,9 @@ OPS = (
        reply={"sessionId": "str", "notes": "list", "count": "int"}, errors=("not_found",),
        routes=(Route("GET", "/sessions/{id}/notes"),), cli=("notes",)),
     Op("note.verify", "notes.verify",
-       "Check the hash chain and the encryption of every note (of one session, or all).",
+       "Check the hash chain and the encryption of every note (of one session, or all); runs off the "
+       "core's thread, so the daemon keeps serving while it reads.",
        args=(Arg("sessionId", "name", where="query"),),
-       reply={"ok": "bool", "checked": "int", "sessions": "int", "broken": "list"}, errors=("not_found",),
+       reply={"ok": "bool", "checked": "int", "sessions": "int", "broken": "list"}, errors=("not_found", "timeout"),
        routes=(Route("GET", "/notes/verify"),), cli=("notes",)),
 )

@@ -35,7 +35,18 @@ class StateHarness:
         self.store.migrate()
         self.state = State(self.store, self.config, deliver=lambda ch, msg: self.delivered.append((ch, msg)),
                            clock=self.clock)
+        self._offload_after_commit()
         self.state.load()
+
+    def _offload_after_commit(self) -> None:
+        """Like the core: off-thread work starts once the tick's writes are committed (inline here)."""
+        inline = self.state.offload
+
+        def offload(fn, then) -> None:
+            self.store.commit()
+            inline(fn, then)
+
+        self.state.offload = offload
 
     def ctx(self, agent_id: str | None = None, conn=None, source: str = "internal") -> Ctx:
         return Ctx(self.clock.now, conn=conn, agent_id=agent_id, source=source)
@@ -55,6 +66,7 @@ class StateHarness:
         self.store.migrate()
         self.state = State(self.store, self.config, deliver=lambda ch, msg: self.delivered.append((ch, msg)),
                            clock=self.clock)
+        self._offload_after_commit()
         self.state.load()
         return self
 

@@ -36,15 +36,18 @@ class MasterKeyError(RuntimeError):
 
 
 def load_or_create_key(path: Path, notes_exist: bool) -> bytes:
-    """Return the master key at `path`, creating it (0600, O_EXCL) only when no note exists yet."""
+    """Return the master key at `path`, creating it (0600, O_EXCL) only when nothing sealed exists yet.
+
+    `notes_exist`: the database holds something sealed with the key (notes, webhook secrets).
+    """
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         if notes_exist:
             raise MasterKeyError(
-                f"master key {path} is missing but encrypted notes exist in the database; restore the key "
-                "file from a backup (a new key would make every note unreadable)"
+                f"master key {path} is missing but encrypted notes or webhook secrets exist in the database; "
+                "restore the key file from a backup (a new key would make them unreadable)"
             ) from None
         return _create_key(path)
     except OSError as exc:
@@ -108,6 +111,22 @@ class NoteCipher:
         """The note body, or None when the ciphertext does not authenticate under this key."""
         try:
             return self._aead.decrypt(nonce, ciphertext, associated_data(note_id, session_id)).decode()
+        except (InvalidTag, ValueError, UnicodeDecodeError):
+            return None
+
+    def seal(self, associated: bytes, plaintext: str) -> bytes:
+        """`nonce + ciphertext-with-tag` of a short secret that is not a note (a webhook secret).
+
+        `associated` must name the purpose and the row (e.g. b"pd-webhook-secret-v1\\x00" + id),
+        so the sealed value opens nowhere else; note associated data cannot collide with it.
+        """
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext.encode(), associated)
+
+    def unseal(self, associated: bytes, sealed: bytes) -> str | None:
+        """The secret sealed by `seal`, or None when it does not authenticate under this key and row."""
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated).decode()
         except (InvalidTag, ValueError, UnicodeDecodeError):
             return None
 

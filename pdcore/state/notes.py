@@ -44,8 +44,10 @@ class Notes(Primitive):
         self._verifies: dict[str, _VerifyJobs] = {}  # scope ("" = every session) -> its jobs
 
     def load(self, now: int) -> None:
-        notes_exist = self.store.read_one("SELECT 1 FROM notes LIMIT 1") is not None
-        self.cipher = NoteCipher(load_or_create_key(self.config.key_path, notes_exist))
+        sealed_exist = (self.store.read_one("SELECT 1 FROM notes LIMIT 1") is not None
+                        or self.store.read_one("SELECT 1 FROM webhooks WHERE typeof(secret) = 'blob' LIMIT 1")
+                        is not None)  # webhook secrets are sealed with the same key
+        self.cipher = NoteCipher(load_or_create_key(self.config.key_path, sealed_exist))
 
     def counts(self) -> dict[str, int]:
         return {"notes_added": self.added}

@@ -8,6 +8,13 @@ link-local, multicast or cloud-metadata addresses are refused (SSRF) unless thei
 `webhook_allow_hosts`; the check runs after DNS resolution and the connection is pinned to the
 address that was checked, so a name cannot be re-pointed between the check and the POST.
 The delivery log is bounded per webhook.
+
+Secrets are sealed at rest (AES-256-GCM under `master.key`, `pdcore.crypto`, bound to the
+webhook id): only the sealed form reaches SQL; the Webhook keeps the plaintext in memory to sign.
+Rows written in plaintext by an older daemon are sealed when loaded. A secret that does not open
+(another key, a tampered row) is logged and the hook kept, but each of its deliveries fails at
+once with the reason in its deliveries list: never sent unsigned, and fixed by setting a new
+secret (`webhook.update`).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hmac
 import http.client
 import ipaddress
 import json
+import logging
 import re
 import socket
 import urllib.error
@@ -27,11 +35,23 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from pdcore.crypto import NoteCipher
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Park, Primitive
 
 SIGNATURE_HEADER = "X-PortDaddy-Signature"
 RESPONSE_BODY_MAX = 1000
+
+# A sealed secret is stored as a BLOB: SEAL_VERSION + nonce + ciphertext-with-tag. Plaintext
+# secrets (older daemons) were only ever bound as str, so SQLite holds them as TEXT: the storage
+# class tells the two apart with no marker a plaintext secret could collide with, and no new
+# column or migration to keep in step. The version byte leaves room for another sealing later.
+SEAL_VERSION = b"\x01"
+_SECRET_AD = b"pd-webhook-secret-v1\x00"
+SECRET_UNREADABLE = ("the webhook secret stored in state.db cannot be opened with this master key (another key, "
+                     "or a tampered row); the delivery was not sent unsigned: set a new secret with webhook update")
+
+log = logging.getLogger("pd.webhooks")
 
 # Events Port Daddy emits (activity types, plus message.publish and webhook.test). Webhooks may
 # also name any other dotted event, `<category>.*`, or `*`.
@@ -55,6 +75,22 @@ _LOCAL_NAMES = ("localhost", "metadata", "metadata.google.internal")
 
 class TargetRefused(Exception):
     """The webhook's URL is, or resolves to, an address webhooks must not reach (SSRF)."""
+
+
+class SecretUnreadable(Exception):
+    """The hook has a secret that cannot be opened, so its deliveries cannot be signed."""
+
+
+def seal_secret(cipher: NoteCipher, webhook_id: str, secret: str) -> bytes:
+    """The stored form of a webhook secret: opens only under this key and for this webhook id."""
+    return SEAL_VERSION + cipher.seal(_SECRET_AD + webhook_id.encode(), secret)
+
+
+def open_secret(cipher: NoteCipher, webhook_id: str, sealed: bytes) -> str | None:
+    """The secret stored by `seal_secret` for this webhook id, or None when it does not open."""
+    if not sealed.startswith(SEAL_VERSION):
+        return None
+    return cipher.unseal(_SECRET_AD + webhook_id.encode(), sealed[len(SEAL_VERSION):])
 
 
 def address_refusal(address: str) -> str | None:
@@ -168,8 +204,11 @@ Transport = Callable[[str, bytes, dict, float, frozenset], tuple[int, str]]
 
 
 class Webhook:
-    __slots__ = ("id", "url", "secret", "events", "filter_pattern", "active", "metadata", "created_at",
-                 "updated_at", "last_triggered", "success_count", "failure_count")
+    """A registered webhook. `secret` is the plaintext (memory only), `sealed` its stored form, and
+    `secret_error` says why a stored secret could not be opened (then `secret` is None)."""
+
+    __slots__ = ("id", "url", "secret", "sealed", "secret_error", "events", "filter_pattern", "active", "metadata",
+                 "created_at", "updated_at", "last_triggered", "success_count", "failure_count")
 
     def __init__(self, **kw: Any) -> None:
         for k in self.__slots__:
@@ -186,7 +225,8 @@ class Webhook:
         return {
             "id": self.id,
             "url": self.url,
-            "hasSecret": bool(self.secret),
+            "hasSecret": bool(self.secret or self.secret_error),
+            "secretError": self.secret_error,
             "events": list(self.events),
             "filterPattern": self.filter_pattern,
             "active": bool(self.active),
@@ -232,13 +272,21 @@ class Webhooks(Primitive):
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, now: int) -> None:
+        legacy: list[Webhook] = []
         for r in self.store.read(
                 "SELECT id, url, secret, events, filter_pattern, active, metadata, created_at, updated_at, "
                 "last_triggered, success_count, failure_count FROM webhooks"):
-            self.hooks[r[0]] = Webhook(id=r[0], url=r[1], secret=r[2], events=json.loads(r[3]), filter_pattern=r[4],
-                                       active=bool(r[5]), metadata=json.loads(r[6]) if r[6] else None,
-                                       created_at=r[7], updated_at=r[8], last_triggered=r[9], success_count=r[10],
-                                       failure_count=r[11])
+            hook = self.hooks[r[0]] = Webhook(
+                id=r[0], url=r[1], events=json.loads(r[3]), filter_pattern=r[4], active=bool(r[5]),
+                metadata=json.loads(r[6]) if r[6] else None, created_at=r[7], updated_at=r[8], last_triggered=r[9],
+                success_count=r[10], failure_count=r[11])
+            if isinstance(r[2], str):  # plaintext, written before secrets were sealed
+                self._set_secret(hook, r[2] or None)
+                legacy.append(hook)
+            elif r[2] is not None:
+                self._open_stored(hook, r[2])
+        if legacy:
+            self._seal_legacy(legacy)
         self._reindex()
         for did, wid, event, payload, attempts, next_at in self.store.read(
                 "SELECT id, webhook_id, event, payload, attempts, next_attempt_at FROM webhook_deliveries "
@@ -298,6 +346,41 @@ class Webhooks(Primitive):
                                                   "or * (see GET /webhooks/events)", "events")
         return sorted(set(events))
 
+    def _cipher(self) -> NoteCipher:
+        cipher = self.root.notes.cipher  # loaded first (notes.load_order < ours), from master.key
+        if cipher is None:
+            raise RuntimeError("webhook secrets need the master key: notes must load before webhooks")
+        return cipher
+
+    def _set_secret(self, hook: Webhook, secret: str | None) -> None:
+        """Give the hook a new secret (None: none), sealed for storage; `_save_hook` stores it."""
+        hook.secret = secret
+        hook.sealed = seal_secret(self._cipher(), hook.id, secret) if secret else None
+        hook.secret_error = None
+
+    def _open_stored(self, hook: Webhook, sealed: Any) -> None:
+        """Open a stored secret; if it does not open, keep it as stored and mark the hook unable to sign."""
+        hook.sealed = sealed
+        hook.secret = open_secret(self._cipher(), hook.id, sealed) if isinstance(sealed, bytes) else None
+        hook.secret_error = None if hook.secret is not None else SECRET_UNREADABLE
+        if hook.secret is None:
+            log.error("event=webhook.secret_unreadable id=%s url=%s", hook.id, hook.url)
+
+    def _seal_legacy(self, hooks: list[Webhook]) -> None:
+        """Replace plaintext secrets in the database with their sealed form, once, in the load transaction.
+
+        secure_delete makes SQLite zero the freed plaintext cells instead of leaving them in the page.
+        """
+        db = self.store.db
+        before = db.execute("PRAGMA secure_delete").fetchone()[0]
+        db.execute("PRAGMA secure_delete = ON")
+        try:
+            for hook in hooks:
+                self.store.write("UPDATE webhooks SET secret = ? WHERE id = ?", (hook.sealed, hook.id))
+        finally:
+            db.execute(f"PRAGMA secure_delete = {int(before)}")
+        log.info("event=webhook.secrets_sealed count=%d", len(hooks))
+
     def _hook(self, id: str) -> Webhook:
         hook = self.hooks.get(id)
         if hook is None:
@@ -311,7 +394,7 @@ class Webhooks(Primitive):
             "ON CONFLICT(id) DO UPDATE SET url=excluded.url, secret=excluded.secret, events=excluded.events, "
             "filter_pattern=excluded.filter_pattern, active=excluded.active, metadata=excluded.metadata, "
             "updated_at=excluded.updated_at",
-            (hook.id, hook.url, hook.secret, json.dumps(hook.events), hook.filter_pattern, int(hook.active),
+            (hook.id, hook.url, hook.sealed, json.dumps(hook.events), hook.filter_pattern, int(hook.active),
              json.dumps(hook.metadata) if hook.metadata else None, hook.created_at, hook.updated_at,
              hook.last_triggered, hook.success_count, hook.failure_count),
         )
@@ -324,9 +407,10 @@ class Webhooks(Primitive):
         if len(self.hooks) >= self.config.webhook_max:
             raise OpError("webhook_limit", f"{self.config.webhook_max} webhooks are registered already "
                                            "(webhook_max); delete one first", "url")
-        hook = Webhook(id=uuid.uuid4().hex, url=url, secret=secret or None, events=events,
+        hook = Webhook(id=uuid.uuid4().hex, url=url, events=events,
                        filter_pattern=filterPattern, active=True, metadata=metadata, created_at=ctx.now,
                        updated_at=ctx.now, last_triggered=None, success_count=0, failure_count=0)
+        self._set_secret(hook, secret or None)
         self.hooks[hook.id] = hook
         self._save_hook(hook)
         self._reindex()
@@ -354,7 +438,7 @@ class Webhooks(Primitive):
         if events is not None:
             hook.events = events
         if secret is not None:
-            hook.secret = secret or None  # "" removes the secret
+            self._set_secret(hook, secret or None)  # "" removes the secret
         if filterPattern is not None:
             hook.filter_pattern = filterPattern or None
         if active is not None:
@@ -486,6 +570,9 @@ class Webhooks(Primitive):
         }
         if hook.secret:
             headers[SIGNATURE_HEADER] = sign(p.body, hook.secret)
+        elif hook.secret_error:  # it has a secret we cannot open: fail now rather than send unsigned
+            self._attempted(p, None, SecretUnreadable(SECRET_UNREADABLE), test_run)
+            return
         url, body, timeout, allow, transport = hook.url, p.body, self.config.webhook_timeout_s, self._allow_hosts(), \
             self.transport
         self.root.offload(lambda: transport(url, body, headers, timeout, allow),
@@ -499,10 +586,11 @@ class Webhooks(Primitive):
         status_code, text = result if result is not None else (None, None)
         ok = error is None and status_code is not None and 200 <= status_code < 300
         refused = isinstance(error, TargetRefused)
+        unsignable = isinstance(error, SecretUnreadable)  # no retry can sign it
         err_text = None if error is None else (str(error) or type(error).__name__)[:RESPONSE_BODY_MAX]
         if ok:
             status, next_at = "delivered", None
-        elif refused or test_run is not None or p.attempts >= self.config.webhook_max_attempts:
+        elif refused or unsignable or test_run is not None or p.attempts >= self.config.webhook_max_attempts:
             status, next_at = ("refused" if refused else "failed"), None
         else:
             delay = min(self.config.webhook_retry_max_ms, self.config.webhook_retry_base_ms * 2 ** (p.attempts - 1))

@@ -151,10 +151,16 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
     stream_source: StreamSource = core  # type: ignore[assignment]
     events = ChannelEvents(stream_source, slots, config.sse_keepalive_s, next(iter(sse_fields)))
     _mount(app, resources, sse_template, "GET", events.on_get)
+    _mount(app, resources, sse_template, "HEAD", events.on_head)  # headers only: no stream is opened
     _mount(app, resources, "/openapi.json", "GET", OpenApiDocument().on_get)
     _mount(app, resources, "/", "GET", Dashboard(DASHBOARD_HTML.read_text()).on_get)
     for template in sorted(resources):
-        app.add_route(template, resources[template])
+        resource = resources[template]
+        if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+            # HEAD is GET without the body: Falcon sends a HEAD's status and headers (with the
+            # GET's Content-Length) and drops the body; it only needs a responder to route to.
+            resource.on_head = resource.on_get
+        app.add_route(template, resource)
 
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -40,8 +40,10 @@ EXTRA_ROUTES = (
     ("GET", "/", "The dashboard: services, agents, sessions, salvage and locks, live over SSE.", "text/html", 200),
     ("GET", "/openapi.json", "This API described as OpenAPI 3.1, generated from the op catalogue.",
      "application/json", 200),
-    ("GET", SSE_PATH, "A channel's messages as Server-Sent Events (`event: message`, JSON `data`); "
-     "`:`-comment keep-alives; capped per client.", "text/event-stream", 200),
+    ("GET", SSE_PATH, "A channel's messages as Server-Sent Events (`event: message` with the message id as "
+     "`id:`, JSON `data`); `:`-comment keep-alives; capped per client. Resumes after `Last-Event-ID` (or "
+     "`?after=ID`) from the channel's history, with `event: gap` first when messages may have been lost.",
+     "text/event-stream", 200),
 )
 
 _TYPE_SCHEMA: dict[str, dict[str, Any]] = {

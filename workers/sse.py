@@ -11,6 +11,20 @@ with a `: keep-alive` comment after `sse_keepalive_s` of silence, so proxies and
 see the stream is alive. A stream ends when the client goes away (noticed within a second),
 the core goes away (the browser's EventSource reconnects by itself after `retry`), or the
 worker is stopping. Streams count against the worker's `Slots` (429 beyond the caps).
+
+Resuming. A client that reconnects with `Last-Event-ID: <id>` (what a browser's EventSource
+sends by itself) or `?after=<id>` (for clients that cannot set headers; the header wins, since
+a reconnecting EventSource repeats the original URL) first gets the messages after that id from
+the channel's history ring, then the live ones, without a duplicate or a hole. The ids are the
+history ring's own (`msg.history`'s `after`); the replay is read through the ordinary
+`msg.history` op, so the core decides what history holds. When the message the client last saw
+is no longer in the ring (trimmed, aged out, or the core restarted), messages after it may have
+been dropped: an `event: gap` whose data names `after` and the oldest id still kept
+(`firstId`, null when the ring is empty) comes before the replay. `after` 0 means "everything
+kept" and never reports a gap. Replay is for exact channels only: the channels a pattern
+matches are trimmed independently and share one id sequence with every other channel, so a
+hole in one of them cannot be told from ids. On a pattern the header is ignored (a browser
+sends it on every reconnect) and `?after` is refused with 400.
 """
 
 from __future__ import annotations
@@ -22,11 +36,14 @@ from typing import Any, Protocol
 
 import falcon
 
+from pdcore.errors import OpError
 from workers.corelink import CoreStream, peer_closed
 from workers.guard import client_key, unescape_param
 from workers.slots import Slots
 
 RETRY_MS = 3000
+REPLAY_PAGE = 1000  # messages per msg.history call while replaying (that op's largest `limit`)
+_MAX_ID = 2**63 - 1
 _TICK_S = 1.0  # how often an idle stream checks for a gone client or a stopping worker
 
 _worker_alive: Callable[[], bool] = lambda: True  # noqa: E731 - replaced by the server per worker
@@ -41,6 +58,56 @@ def watch_worker(alive: Callable[[], bool]) -> None:
 class StreamSource(Protocol):
     def stream(self) -> CoreStream: ...
 
+    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+             timeout_s: float | None = None) -> dict: ...
+
+
+def is_pattern(channel: str) -> bool:
+    return "*" in channel or "?" in channel
+
+
+def parse_event_id(text: str, field: str) -> int:
+    """A message id sent back by a client (`Last-Event-ID` or `after`); 400 naming `field` otherwise."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _MAX_ID):
+        where = "header" if field == "Last-Event-ID" else "query parameter"
+        raise OpError("invalid_argument",
+                      f"{field} {where} must be a message id (a whole number such as 42), not {text[:40]!r}; "
+                      "send the id of the last event received, or leave it out to start from now", field)
+    return int(value)
+
+
+def resume_after(req: falcon.Request, channel: str) -> int | None:
+    """The id to resume after (`Last-Event-ID`, else `?after`), or None for a live-only stream."""
+    header = req.get_header("Last-Event-ID")
+    after = req.get_param("after")  # the last one when repeated
+    if is_pattern(channel):
+        if after:
+            raise OpError("invalid_argument",
+                          f"after applies to one channel, not the pattern {channel!r} (channels a pattern "
+                          "matches are trimmed independently, so a hole could not be reported); "
+                          "resume each channel on its own stream", "after")
+        return None  # a browser sends the header on every reconnect: ignored, not refused
+    if header is not None and header.strip():
+        return parse_event_id(header, "Last-Event-ID")
+    if after:
+        return parse_event_id(after, "after")
+    return None
+
+
+def replayed(message: dict[str, Any]) -> dict[str, Any]:
+    """A history message (3.7 shape) in the delivery shape live events carry."""
+    return {"id": message.get("id"), "channel": message.get("channel"), "message": message.get("payload"),
+            "sender": message.get("sender"), "ts": message.get("createdAt")}
+
+
+def gap_event(channel: str, after: int, first_id: int | None) -> bytes:
+    """`event: gap`: messages after `after` may have left the ring before the client came back.
+
+    It has no `id:` line, so the client's last event id stays that of the last message it got."""
+    data = json.dumps({"channel": channel, "after": after, "firstId": first_id}, separators=(",", ":"))
+    return f"event: gap\ndata: {data}\n\n".encode()
+
 
 def format_event(delivery: dict[str, Any]) -> bytes:
     """One delivery as an SSE event (`id`, `event: message`, `data` as one JSON line)."""
@@ -51,6 +118,66 @@ def format_event(delivery: dict[str, Any]) -> bytes:
     lines.append("event: message")
     lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
     return ("\n".join(lines) + "\n\n").encode()
+
+
+class Replay:
+    """The messages of one channel after `after`, read from its history ring page by page.
+
+    How replay and live are joined (no duplicate, no hole). The stream SUBSCRIBEs first and
+    only then is history read, so every message is in at least one of the two:
+    - published before the subscription: in history, if still kept;
+    - published after it: delivered live (the core pushes each publish to every subscriber,
+      in publish order, so ids arrive increasing).
+    The core is one thread, so a `msg.history` call sees the ring at one instant T: every
+    message it returns was published before T, and every message published after T has a
+    larger id than any message the ring held at T. Hence live deliveries with an id at or
+    below the last replayed id (`last_sent`) were published before T and are dropped, and
+    every live delivery above it is new. Nothing is lost in between: the ring is trimmed
+    oldest first, so while the cursor message (the client's `after`, then each page's last
+    message) is still kept, every later message of the channel published before T is kept
+    too and is in the page. When the cursor message is not kept any more (`firstId` is above
+    it, or the ring is empty), the trimmed messages after it are reported with a `gap` event:
+    the join itself never misses a message silently. (Two losses it does not see: a message
+    whose own `expires` passed is not in history, by design; and the core's slow-subscriber
+    rule, `subscriber_queue_max`, drops live deliveries to a stream that falls that far
+    behind, as it does for any subscriber.) Paging stops at a short page or once the cursor
+    reaches the channel's newest id at the first page (newer messages were published after
+    the subscription, so they come live).
+    """
+
+    def __init__(self, core: StreamSource, channel: str, after: int) -> None:
+        self.core = core
+        self.channel = channel
+        self.cursor = after
+        self.last_sent = 0  # the newest id replayed; live deliveries at or below it are duplicates
+        self.first_page = self._page()  # read now, so a failure is still a JSON error reply
+
+    def _page(self) -> dict[str, Any]:
+        return self.core.call("msg.history", {"channel": self.channel, "after": self.cursor, "limit": REPLAY_PAGE},
+                              idempotent=True)
+
+    def events(self) -> Iterator[bytes]:
+        """The `gap` event if any, then each kept message after the cursor as a `message` event."""
+        page, self.first_page = self.first_page, {}
+        until = page.get("lastId") or 0  # the newest id when the replay began
+        while True:
+            first_id = page.get("firstId")
+            if self.cursor > 0 and (first_id is None or first_id > self.cursor):
+                yield gap_event(self.channel, self.cursor, first_id)
+            messages = page.get("messages") or []
+            for message in messages:
+                yield format_event(replayed(message))
+                self.last_sent = self.cursor = message["id"]
+            if len(messages) < REPLAY_PAGE or self.cursor >= until:
+                return
+            try:
+                page = self._page()
+            except (OpError, OSError):
+                return  # ends the stream; the client resumes from the last id it got
+
+    def is_replayed(self, delivery: dict[str, Any]) -> bool:
+        msg_id = delivery.get("id")
+        return isinstance(msg_id, int) and msg_id <= self.last_sent
 
 
 class ChannelEvents:
@@ -64,26 +191,43 @@ class ChannelEvents:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
         channel = unescape_param(params[self.field])
+        after = resume_after(req, channel)  # a bad id is refused before anything is taken
         client = client_key(req.env)
         self.slots.take(client, f"event stream on {channel}")
         stream: CoreStream | None = None
+        replay: Replay | None = None
         try:
             stream = self.core.stream()
-            stream.subscribe([channel])
+            stream.subscribe([channel])  # first: see Replay for why this order leaves no hole
+            if after is not None:
+                replay = Replay(self.core, channel, after)
         except BaseException:
             if stream is not None:
                 stream.close()
             self.slots.give_back(client)
             raise
+        self._headers(resp)
+        events = self._events(stream, channel, req.env.get("gunicorn.socket"), replay)
+        resp.stream = EventIterator(events, stream, lambda: self.slots.give_back(client))
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+        """The GET's status and headers, without opening a stream (no core connection, no slot)."""
+        resume_after(req, unescape_param(params[self.field]))
+        self._headers(resp)
+        resp.stream = iter(())  # a body of unknown length, like the GET's: no Content-Length: 0
+
+    @staticmethod
+    def _headers(resp: falcon.Response) -> None:
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
-        events = self._events(stream, channel, req.env.get("gunicorn.socket"))
-        resp.stream = EventIterator(events, stream, lambda: self.slots.give_back(client))
 
-    def _events(self, stream: CoreStream, channel: str, client_sock: Any) -> Iterator[bytes]:
+    def _events(self, stream: CoreStream, channel: str, client_sock: Any,
+                replay: Replay | None = None) -> Iterator[bytes]:
         try:
             yield f"retry: {RETRY_MS}\n: subscribed to {channel}\n\n".encode()
+            if replay is not None:
+                yield from replay.events()
             quiet_since = monotonic()
             while _worker_alive():
                 if client_sock is not None and peer_closed(client_sock):
@@ -93,6 +237,8 @@ class ChannelEvents:
                 except OSError:
                     return  # the core went away; EventSource reconnects after `retry`
                 if delivery is not None:
+                    if replay is not None and replay.is_replayed(delivery):
+                        continue  # already sent from history (see Replay)
                     yield format_event(delivery)
                     quiet_since = monotonic()
                 elif monotonic() - quiet_since >= self.keepalive_s:

@@ -246,7 +246,7 @@ def notes(session: str | None, all_: bool, note_type: str | None, agent: str | N
         def human(r: dict) -> str:
             scope = f"session {session_id}" if session_id else "all sessions"
             if r["ok"]:
-                return f"OK: {r['checked']} note(s) in {scope} verify (chain intact, every note authenticates)"
+                return f"OK: {r['checked']} note(s) in {scope} verified: the chain is intact and every note authenticates"
             lines = [f"FAILED: {len(r['broken'])} problem(s) in {r['checked']} note(s) of {scope}"]
             for b in r["broken"]:
                 target = f"note {b['noteId']}" if b["noteId"] is not None else "last note"

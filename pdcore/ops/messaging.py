@@ -27,7 +27,7 @@ OPS = (
            Arg("limit", "int", default=50, min=1, max=1000, where="query"),
            Arg("after", "int", min=0, where="query", doc="only messages with a larger id"),
        ),
-       reply={"channel": "str", "messages": "list", "count": "int", "lastId": "int"},
+       reply={"channel": "str", "messages": "list", "count": "int", "lastId": "int", "firstId": "int"},
        routes=(Route("GET", "/msg/{channel}"),), cli=("channel history",)),
     Op("msg.poll", "channels.poll", "Long-poll: messages after an id, waiting up to timeout ms for one.",
        args=(

@@ -231,12 +231,19 @@ class Channels(Primitive):
         return {"id": msg_id, "channel": channel, "message": f"published to {channel}"}
 
     def history(self, ctx: Ctx, channel: str, limit: int = 50, after: int | None = None) -> dict:
-        """Recent messages, oldest first: the last `limit`, or the first `limit` after id `after`."""
+        """Recent messages, oldest first: the last `limit`, or the first `limit` after id `after`.
+
+        `firstId` / `lastId` are the oldest / newest ids the channel's ring keeps (null for a
+        pattern or an empty ring). `after` below `firstId` means messages after it may have
+        been trimmed: the SSE resume (workers/sse.py) reports that as a gap, and needs both
+        numbers from the same call as the messages.
+        """
         found = self._matching(channel, ctx.now, after)
         found = found[:limit] if after is not None else found[-limit:]
         ring = self.rings.get(channel)
-        last = ring.messages[-1].id if ring is not None and ring.messages else None
-        return {"channel": channel, "messages": [m.to_dict() for m in found], "count": len(found), "lastId": last}
+        first, last = (ring.messages[0].id, ring.messages[-1].id) if ring is not None and ring.messages else (None, None)
+        return {"channel": channel, "messages": [m.to_dict() for m in found], "count": len(found),
+                "firstId": first, "lastId": last}
 
     def poll(self, ctx: Ctx, channel: str, after: int | None = None, timeout: int | None = None,
              limit: int = 100) -> dict | Park:

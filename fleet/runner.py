@@ -25,6 +25,7 @@ from typing import Any
 from fleet import paths
 from fleet.backends import build_argv
 from fleet.link import CoreLink, Listener
+from fleet.orphans import reap_orphans
 from fleet.runs import RunBook, RunPlan
 from fleet.schema import AgentSpec, FleetSpec
 from fleet.supervisor import Program
@@ -128,6 +129,8 @@ class FleetRunner:
         if inbox is not None:
             self.start_listener(inbox, include_control)
         self.report(force=True, even_if_deaf=True)  # raises FleetConflict when another runner holds the fleet
+        # before any trigger fires: stop the runs a dead runner of this fleet left running (kill -9)
+        reap_orphans(self.link, self.config, fleet=self.spec.name)
         try:
             self.link.call("harbor.create", name=self.spec.harbor,
                            channels=[scoped_channel(self.spec.harbor, c) for c in self.spec.channels],

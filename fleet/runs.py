@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from fleet.link import CoreLink
 from fleet.supervisor import Process, Program, State
 from pdcore.config import Config
@@ -72,6 +74,10 @@ class RunBook:
         self.plans: dict[Process, RunPlan] = {}
         self._last_heartbeat = mono()
         self.pid = os.getpid()
+        try:  # with the pid it names this runner exactly, so a later runner can tell it is gone
+            self.start = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            self.start = None
 
     # -- starting --------------------------------------------------------------------------
     def launch(self, program: Program, plan: RunPlan) -> Process:
@@ -121,8 +127,9 @@ class RunBook:
             "id": plan.run_id, "state": str(new), "agentId": plan.agent_id, "backend": plan.backend,
             "fleet": plan.fleet, "agent": plan.agent, "model": plan.model, "task": plan.task[:TASK_REPORT_MAX],
             "identity": plan.identity, "purpose": plan.purpose[:2000] or None, "trigger": plan.trigger[:400] or None,
-            "pid": process.pid, "respawns": process.respawns, "logPath": str(plan.log_path),
-            "sessionId": plan.session_id, "runnerPid": self.pid,
+            "pid": process.pid, "pidStart": process.pid_start, "respawns": process.respawns,
+            "logPath": str(plan.log_path), "sessionId": plan.session_id, "runnerPid": self.pid,
+            "runnerStart": self.start,
         }
         if new in (State.BACKOFF, State.EXITED, State.FATAL, State.STOPPED):
             args.update(outcome=process.outcome, exitCode=process.exit_code, reason=(process.reason or "")[:2000])

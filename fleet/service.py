@@ -20,6 +20,7 @@ from pathlib import Path
 from fleet import paths
 from fleet.backends import build_argv
 from fleet.link import CoreLink, Listener
+from fleet.orphans import reap_orphans
 from fleet.runner import FleetConflict, FleetRunner
 from fleet.runs import RunBook, RunPlan
 from fleet.schema import load_fleet
@@ -104,6 +105,7 @@ class FleetService:
         self.spawns = SpawnRunner(self.link, config)
         self.control: Listener | None = None
         self._last_sync = 0.0
+        self._orphans_checked = False  # a previous runner's children dealt with (fleet/orphans.py)
 
     # -- reconciliation with the core ------------------------------------------------------
     def sync(self, force: bool = False) -> None:
@@ -111,6 +113,11 @@ class FleetService:
         if not force and now - self._last_sync < self.config.fleet_report_interval_ms / 1000:
             return
         self._last_sync = now
+        if not self._orphans_checked:
+            # before anything starts: stop what a runner killed with kill -9 left running
+            self._orphans_checked = reap_orphans(self.link, self.config)
+            if not self._orphans_checked:
+                return  # the core is away: start nothing yet
         try:
             reply = self.link.call("fleet.report", runner="daemon", runnerPid=os.getpid(),
                                    runs=self.spawns.book.active_ids())
@@ -196,7 +203,7 @@ class FleetService:
             self.broken.pop(str(name), None)
             self._stop_fleet(str(name), "registered again")  # re-read the file
             self.sync(force=True)
-        elif what == "spawn.requested":
+        elif what == "spawn.requested" and self._orphans_checked:  # else the next sync takes it
             self.spawns.take(str(event.get("id")))
         elif what == "spawn.kill":
             self.spawns.book.stop_ids([*event.get("ids", []), event.get("agentId", "")])
@@ -218,7 +225,7 @@ class FleetService:
     def run(self, stop: threading.Event) -> None:
         self.control = Listener(self.config, [CONTROL_CHANNEL], self.inbox, "control")
         self.control.start()
-        self.sync(force=True)
+        self.sync(force=True)  # reaps a previous runner's orphans first
         try:
             while not stop.is_set():
                 try:

@@ -73,11 +73,18 @@ def rotate_log(path: Path, max_bytes: int | None) -> None:
         pass
 
 
-def _signal_tree(pid: int, sig: int) -> None:
-    """Signal a child, everything it started (psutil), and its whole session's process group."""
+def _signal_tree(pid: int, sig: int, leader: psutil.Process | None = None) -> None:
+    """Signal a child, everything it started (psutil), and its whole session's process group.
+
+    `leader`: the child as a psutil.Process already matched by pid and start time, for a process
+    this runner did not start itself (a previous runner's orphan). psutil re-checks that identity
+    before each signal, and the group is signalled only while that very process exists (it pins
+    its group id), so a reused pid is never reached."""
+    if leader is not None and not leader.is_running():
+        return
     try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
+        root = leader if leader is not None else psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         procs = []
     for proc in procs:
@@ -85,10 +92,63 @@ def _signal_tree(pid: int, sig: int) -> None:
             proc.send_signal(sig)
         except psutil.Error:
             pass
+    if leader is not None and not leader.is_running():
+        return
     try:
         os.killpg(pid, sig)  # the child leads its own session: this reaches re-parented grandchildren
     except OSError:
         pass
+
+
+def _still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
+
+
+def stop_orphans(leaders: list[psutil.Process], grace_s: float, poll_s: float = 0.05,
+                 settle_s: float = 2.0) -> dict[int, str]:
+    """Stop processes a previous runner started (each matched by pid and start time) as `Process.stop`
+    does: SIGTERM to each one's tree and process group, SIGKILL to what is left after `grace_s`.
+
+    They are not our children (we cannot wait for them), so "gone" means exited or a zombie.
+    Returns leader pid -> "SIGTERM", "SIGKILL" or "survived SIGKILL"."""
+    trees: dict[int, tuple[psutil.Process, list[psutil.Process]]] = {}
+    for leader in leaders:
+        try:
+            members = [leader, *leader.children(recursive=True)] if leader.is_running() else []
+        except psutil.Error:
+            members = [leader]
+        trees[leader.pid] = (leader, members)
+        log.info("event=run.sigterm name=orphan pid=%s", leader.pid)
+        _signal_tree(leader.pid, signal.SIGTERM, leader=leader)
+    how = {pid: "SIGTERM" for pid in trees}
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_still_running(m) for _, m in trees.values()):
+        time.sleep(poll_s)
+    for pid, (leader, members) in trees.items():
+        left = _still_running(members)
+        if left:
+            log.warning("event=run.sigkill name=orphan pid=%s", pid)
+            _signal_tree(pid, signal.SIGKILL, leader=leader)
+            for proc in left:  # members that left the leader's tree and group
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except psutil.Error:
+                    pass
+            how[pid] = "SIGKILL"
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline and any(_still_running(m) for _, m in trees.values()):
+        time.sleep(poll_s)
+    for pid, (_, members) in trees.items():
+        if _still_running(members):
+            how[pid] = "survived SIGKILL"
+    return how
 
 
 class Process:
@@ -116,6 +176,7 @@ class Process:
         self.state = State.STOPPED
         self.transitions: list[tuple[float, State, State, str]] = []
         self.pid: int | None = None
+        self.pid_start: float | None = None  # psutil create_time: with pid it names this exact process
         self.exit_code: int | None = None
         self.outcome: str | None = None  # success | failure | timeout | spawn_error | killed
         self.reason: str | None = None
@@ -168,7 +229,7 @@ class Process:
 
     def _spawn(self) -> None:
         self.attempts += 1
-        self.pid = self.exit_code = None
+        self.pid = self.pid_start = self.exit_code = None
         self._kill_reason = self._kill_at = None
         self.attempt_started_at = self.clock()
         self._deadline = self.attempt_started_at + self.timeout_s if self.timeout_s else None
@@ -178,6 +239,12 @@ class Process:
             rotate_log(self.log_path, self.log_max_bytes)
             self._log_line(f"attempt {self.attempts} starting")
             out = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps its own copy of the fd
+        # No parent-death signal (prctl PR_SET_PDEATHSIG): it can only be set in the child between fork
+        # and exec, i.e. in a preexec_fn, which is unsafe once the process has threads (the runner has
+        # listener threads: a lock held by another thread at fork time can deadlock the child), and it
+        # would fire when the forking *thread* exits, not the runner. A runner killed with kill -9
+        # leaves its children running instead; the next runner stops them (fleet/orphans.py), knowing
+        # each one by pid and start time.
         try:
             self._proc = psutil.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                                       stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
@@ -191,6 +258,10 @@ class Process:
             if out is not subprocess.DEVNULL:
                 out.close()
         self.pid = self._proc.pid
+        try:
+            self.pid_start = self._proc.create_time()  # not waited for yet, so readable even if it exited
+        except psutil.Error:
+            self.pid_start = None
         self._to(State.STARTING, f"attempt {self.attempts} pid {self.pid}")
 
     # -- watching --------------------------------------------------------------------------
@@ -279,7 +350,8 @@ class Process:
         return True
 
     def summary(self) -> dict:
-        return {"state": str(self.state), "pid": self.pid, "exitCode": self.exit_code, "outcome": self.outcome,
+        return {"state": str(self.state), "pid": self.pid, "pidStart": self.pid_start, "exitCode": self.exit_code,
+                "outcome": self.outcome,
                 "reason": self.reason, "attempts": self.attempts, "respawns": self.respawns}
 
 

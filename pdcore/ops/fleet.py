@@ -78,6 +78,10 @@ OPS = (
            Arg("sessionId", "name"),
            Arg("reason", "str", max_len=2000),
            _RUNNER_PID,
+           Arg("pidStart", "float", min=0, doc="the child's start time (psutil create_time, epoch seconds), sent "
+                                              "with pid: with the pid it names that exact process"),
+           Arg("runnerStart", "float", min=0, doc="the runner's start time (epoch seconds), sent with runnerPid: "
+                                                 "a later runner can tell whether this one is still alive"),
        ),
        reply={"spawn": "dict", "killRequested": "bool"}, durable=True,
        errors=("missing_field", "invalid_argument", "invalid_state", "invalid_identity"), internal=True),

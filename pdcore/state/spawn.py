@@ -108,6 +108,9 @@ class SpawnRun:
             "exitCode": self.exit_code,
             "pid": self.pid,
             "respawns": self.respawns,
+            "pidStart": spec.get("pidStart"),
+            "runnerPid": spec.get("runnerPid"),
+            "runnerStart": spec.get("runnerStart"),
             "logPath": self.log_path,
             "sessionId": self.session_id,
             "reason": self.reason,
@@ -357,8 +360,13 @@ class Spawns(Primitive):
                task: str | None = None, identity: str | None = None, purpose: str | None = None,
                trigger: str | None = None, outcome: str | None = None, exitCode: int | None = None,
                pid: int | None = None, respawns: int | None = None, logPath: str | None = None,
-               sessionId: str | None = None, reason: str | None = None, runnerPid: int | None = None) -> dict:
-        """The runner reports a transition of a run's state machine (creating fleet runs on first sight)."""
+               sessionId: str | None = None, reason: str | None = None, runnerPid: int | None = None,
+               pidStart: float | None = None, runnerStart: float | None = None) -> dict:
+        """The runner reports a transition of a run's state machine (creating fleet runs on first sight).
+
+        `pidStart` / `runnerStart` (psutil create_time) pin the child and the runner down exactly, so a
+        later runner can tell the previous one's orphaned children from processes that reuse their pids
+        (fleet/orphans.py). They live in the run's spec, so no column is needed."""
         state = state.upper()
         if state not in STATES or state == "PENDING":
             raise OpError("invalid_argument", f"state must be one of {', '.join(STATES[1:])}", "state")
@@ -382,6 +390,13 @@ class Spawns(Primitive):
                 raise OpError("invalid_state", f"run {id} ended already ({run.state})", "state")
         before = None if new else run.state
         run.state = state
+        if pid is not None or (runnerPid and runnerStart is not None):
+            spec = dict(run.spec or {})
+            if pid is not None:  # a (new) process: its start time comes with it (none: never signalled)
+                spec["pidStart"] = pidStart
+            if runnerPid and runnerStart is not None:
+                spec["runnerPid"], spec["runnerStart"] = runnerPid, runnerStart
+            run.spec = spec
         for attr, value in (("outcome", outcome), ("exit_code", exitCode), ("pid", pid), ("respawns", respawns),
                             ("log_path", logPath), ("session_id", sessionId), ("reason", reason)):
             if value is not None:

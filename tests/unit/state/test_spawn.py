@@ -206,3 +206,18 @@ def test_status_words_match_port_daddy_3_8():
                                          ("EXITED", "success"), ("EXITED", "timeout"), ("FATAL", "failure"),
                                          ("STOPPED", "killed")]] == \
         ["pending", "running", "running", "completed", "failed", "failed", "killed"]
+
+
+def test_report_pins_the_child_and_the_runner_by_start_time_across_a_restart(harness):
+    sp = harness.state.spawn
+    agent_id = sp.create(harness.ctx(), task="sleep 60", backend="custom", cwd="/tmp")["agentId"]
+    sp.claim(harness.ctx(conn=Conn(1)), id=agent_id)
+    run = sp.report(harness.ctx(conn=Conn(1)), id=agent_id, state="RUNNING", pid=4242, pidStart=1234.5,
+                    runnerPid=77, runnerStart=99.25)["spawn"]
+    assert (run["pid"], run["pidStart"], run["runnerPid"], run["runnerStart"]) == (4242, 1234.5, 77, 99.25)
+    harness.reopen()
+    again = next(a for a in harness.state.spawn.list(harness.ctx(), active=True)["agents"] if a["agentId"] == agent_id)
+    assert (again["pidStart"], again["runnerPid"], again["runnerStart"]) == (1234.5, 77, 99.25)
+    # a new process without a start time is never taken for the old one
+    moved = harness.state.spawn.report(harness.ctx(conn=Conn(1)), id=agent_id, state="RUNNING", pid=5151)["spawn"]
+    assert (moved["pid"], moved["pidStart"]) == (5151, None)

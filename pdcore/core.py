@@ -180,6 +180,7 @@ class Core:
         self.store.migrate()
         self.state = State(self.store, config, deliver=self.deliver)
         self.state.offload = self.offload  # type: ignore[method-assign]
+        self.state.wake = self._wake  # type: ignore[method-assign]
         self.timers = self.state.timers
         self.timers.on_change = self._arm_timer
         self.stats = self.state.daemon.stats  # type: ignore[attr-defined]
@@ -492,6 +493,11 @@ class Core:
             self._finish_parked(parked)
         if conv_id:
             conn.send(P.encode_body(P.AGREE, conv_id, _pack({"action": "cancel", "cancelled": parked is not None})))
+
+    def _wake(self, key: Any) -> None:
+        """`State.wake`: only keys some parked call waits on are worth a retry round (most aren't)."""
+        if key in self.waiting:
+            self.state.pending_wakes.append(key)
 
     def _process_wakes(self) -> None:
         """Retry parked calls whose keys were woken, oldest first, until nothing more wakes."""

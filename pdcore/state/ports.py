@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+from _socket import socket as _raw_socket
 from typing import Any
 
 import psutil
@@ -33,9 +34,9 @@ def port_is_bindable(port: int) -> bool:
     One bind to the wildcard address suffices: it fails when any address (127.0.0.1 included)
     holds the port, so a single syscall pair answers for loopback and all interfaces.
     """
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = _raw_socket(socket.AF_INET, socket.SOCK_STREAM)  # the C socket: no Python wrapper on a hot path
     try:
-        s.bind(("0.0.0.0", port))
+        s.bind(("", port))  # "" is INADDR_ANY
     except OSError as exc:
         return exc.errno not in (errno.EADDRINUSE, errno.EACCES)
     finally:

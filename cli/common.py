@@ -106,7 +106,7 @@ def call(action: str, **args: Any) -> Any:
 
 
 def _daemon_files_present(config: Config) -> bool:
-    from pdcore.supervisor import supervisor_running
+    from pdcore.paths import supervisor_running
 
     return supervisor_running(config) is not None
 

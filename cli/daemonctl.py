@@ -13,8 +13,7 @@ import psutil
 from pdcore.client import Client
 from pdcore.config import Config
 from pdcore.errors import OpError
-from pdcore.paths import check_home
-from pdcore.supervisor import supervisor_running
+from pdcore.paths import check_home, supervisor_running
 
 
 def _answers(config: Config) -> bool:

@@ -1,10 +1,19 @@
-"""The `pd` root command: global flags, aliases, "did you mean", and the area modules."""
+"""The `pd` root command: global flags, aliases, "did you mean", and the area modules.
+
+Area modules (`cli/commands/<area>.py`) are imported when one of their commands is looked up,
+not all at start-up: `pd claim` loads `cli.commands.ports` only (importing all twenty, and what
+they import, cost every command tens of milliseconds; see "Start-up time" in
+docs/operations.md). `COMMANDS` says which module registers which top-level command;
+tests/unit/test_cli_startup.py checks it against what the modules really register. A name it
+lacks still works (every module is then loaded), and listings (`pd --help`, shell completion,
+`python -m cli.docgen`) always load every module.
+"""
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
+from typing import Any
 
 import click
 
@@ -13,19 +22,76 @@ from cli.common import options
 ALIASES = {"c": "claim", "r": "release", "f": "find", "ps": "find", "b": "begin", "w": "whoami", "n": "note",
            "u": "up", "d": "down", "sub": "watch"}
 
+# top-level command -> the module of cli/commands that registers it
+COMMANDS = {
+    "activity": "daemon", "agent": "agents", "agents": "agents", "arbiter": "arbiter", "begin": "sessions",
+    "briefing": "projects", "changelog": "projects", "channel": "messaging", "channels": "messaging",
+    "claim": "ports", "cleanup": "ports", "config": "daemon", "dev": "service", "doctor": "daemon",
+    "done": "sessions", "down": "up", "endpoint": "ports", "find": "ports", "fleet": "fleet", "guard": "sessions",
+    "harbor": "harbors", "inbox": "inbox", "install": "service", "integration": "integration", "lock": "locks",
+    "locks": "locks", "mcp": "mcp", "metrics": "daemon", "note": "sessions", "notes": "sessions",
+    "pheromone": "pheromones", "ports": "ports", "projects": "projects", "pub": "messaging", "release": "ports",
+    "restart": "daemon", "salvage": "salvage", "service": "ports", "services": "ports", "session": "sessions",
+    "sessions": "sessions", "sitrep": "sessions", "spawn": "spawn", "spawned": "spawn", "start": "daemon",
+    "status": "daemon", "stop": "daemon", "swarm": "projects", "swarm_awareness": "projects", "tuple": "tuples",
+    "unlock": "locks", "uninstall": "service", "up": "up", "version": "daemon", "wait": "projects",
+    "watch": "messaging", "webhook": "webhooks", "webhooks": "webhooks", "whoami": "sessions",
+    "with-lock": "locks",
+}
+
+
+def area_modules() -> list[str]:
+    """The names of the modules in cli/commands, in the order they are registered."""
+    import cli.commands as package
+
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+
 
 class PdGroup(click.Group):
-    """Resolves aliases and suggests the closest command for a typo."""
+    """Loads area modules on demand, resolves aliases and suggests the closest command for a typo."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: set[str] = set()
+        self._all_loaded = False
+
+    def _load(self, area: str) -> None:
+        if area in self._loaded:
+            return
+        self._loaded.add(area)
+        register = getattr(importlib.import_module(f"cli.commands.{area}"), "register", None)
+        if register is not None:
+            register(self)
+
+    def load_all(self) -> None:
+        """Register every area module's commands (for listings: help, completion, docs)."""
+        for area in area_modules():
+            self._load(area)
+        self._all_loaded = True
+
+    def _find(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            self._load(COMMANDS[name])
+        return super().get_command(ctx, name)  # type: ignore[arg-type]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        cmd = super().get_command(ctx, name)
+        cmd = self._find(ctx, name)
         if cmd is None and name in ALIASES:
-            cmd = super().get_command(ctx, ALIASES[name])
+            cmd = self._find(ctx, ALIASES[name])
+        if cmd is None and not self._all_loaded:
+            self.load_all()  # a typo, or a command COMMANDS does not list yet
+            return self.get_command(ctx, name)
         return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self.load_all()
+        return super().list_commands(ctx)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         name = args[0] if args else ""
         if args and self.get_command(ctx, name) is None and not name.startswith("-"):
+            import difflib  # only for a typo
+
             choices = difflib.get_close_matches(name, list(self.list_commands(ctx)) + list(ALIASES), n=1)
             hint = f" Did you mean `pd {choices[0]}`?" if choices else ""
             ctx.fail(f"no such command {name!r}.{hint} See `pd --help`.")
@@ -64,19 +130,6 @@ def help_command(ctx: click.Context, topic: tuple[str, ...]) -> None:
         sub_ctx = click.Context(nxt, info_name=word, parent=sub_ctx)
         group = nxt
     click.echo(group.get_help(sub_ctx))
-
-
-def _register_all() -> None:
-    import cli.commands as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"cli.commands.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(cli)
-
-
-_register_all()
 
 
 def main() -> None:

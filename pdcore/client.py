@@ -10,7 +10,7 @@ generated methods unless `_reply=True` is given.
 
 from __future__ import annotations
 
-import http.client
+import functools
 import itertools
 import json
 import socket
@@ -18,13 +18,16 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdcore import protocol as P
 from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
 from pdcore.shm import ShmFirst
+
+if TYPE_CHECKING:
+    import http.client
 
 DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
 _conv_ids = itertools.count(1)
@@ -47,20 +50,31 @@ def _reply_value(type_: int, payload: dict) -> Any:
 
 
 # -- HTTP fallback ---------------------------------------------------------------------------
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+# http.client (with email, ssl, ...) is imported only when a call goes over HTTP: most `pd`
+# commands go over IPC, and those imports would be a large part of their start-up.
+@functools.cache
+def _unix_http_connection() -> type[http.client.HTTPConnection]:
+    """The class of HTTP connections over a Unix socket (made on first use)."""
+    import http.client
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def __init__(self, path: str, timeout: float) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self._path = path
+
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+            self.sock = sock
+
+    return UnixHTTPConnection
 
 
 def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
     """Call `op` over HTTP (Unix socket if present, else TCP) using its first route."""
+    import http.client
+
     route = op.routes[0]
     path = route.path
     rest = dict(args)
@@ -79,7 +93,7 @@ def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
     else:
         body = json.dumps({k: v for k, v in rest.items() if v is not None})
     if Path(config.sock).exists():
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(str(config.sock), timeout)
+        conn: http.client.HTTPConnection = _unix_http_connection()(str(config.sock), timeout)
     elif not config.no_tcp:
         conn = http.client.HTTPConnection("127.0.0.1", config.tcp_port, timeout=timeout)
     else:

@@ -1,4 +1,8 @@
-"""The home folder and its runtime files: safety checks and stale-file cleanup."""
+"""The home folder and its runtime files: safety checks, stale-file cleanup, the running supervisor.
+
+`supervisor_running` lives here rather than in `pdcore.supervisor` so that `pd status` and the
+other CLI commands that ask it do not import the supervisor (and its logging set-up).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,12 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+if TYPE_CHECKING:
+    from pdcore.config import Config
 
 
 def check_home(home: Path, create: bool = False) -> str | None:
@@ -61,3 +71,18 @@ def read_pid(pid_file: Path) -> int | None:
         return int(text) if text else None
     except (FileNotFoundError, ValueError):
         return None
+
+
+def supervisor_running(config: Config) -> int | None:
+    """The pid of a live supervisor of this home, or None (a stale pid file is not one)."""
+    pid = read_pid(config.pid_file)
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return pid if "pdcore.supervisor" in cmdline else None

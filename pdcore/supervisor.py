@@ -20,10 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from pdcore.config import Config, load_config
-from pdcore.paths import check_home, read_pid, remove_stale_socket, socket_answers
+from pdcore.paths import check_home, read_pid, remove_stale_socket, socket_answers, supervisor_running
 
 log = logging.getLogger("pd.supervisor")
 
@@ -56,21 +54,6 @@ def tcp_port_free(port: int) -> bool:
         return False
     finally:
         s.close()
-
-
-def supervisor_running(config: Config) -> int | None:
-    """The pid of a live supervisor of this home, or None (a stale pid file is not one)."""
-    pid = read_pid(config.pid_file)
-    if pid is None or pid == os.getpid():
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        cmdline = " ".join(proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return pid if "pdcore.supervisor" in cmdline else None
 
 
 class Supervisor:

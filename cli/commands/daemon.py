@@ -13,8 +13,7 @@ from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
 from pdcore import __version__
 from pdcore.client import Client
 from pdcore.errors import OpError
-from pdcore.paths import check_home, read_pid, socket_answers
-from pdcore.supervisor import supervisor_running
+from pdcore.paths import check_home, read_pid, socket_answers, supervisor_running
 
 
 def _fmt_uptime(ms: int) -> str:

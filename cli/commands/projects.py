@@ -10,7 +10,7 @@ import click
 from cli import context as ctxmod
 from cli import up as upmod
 from cli.common import call, duration_ms, options, output, output_options, table
-from pdcore.state.changelog import TYPES
+from pdcore.choices import CHANGELOG_TYPES as TYPES
 
 PROJECT_COLUMNS = [("project", "PROJECT"), ("services", "SERVICES"), ("activeSessions", "SESSIONS"),
                    ("fileClaims", "FILES"), ("agents", "AGENTS"), ("salvagePending", "SALVAGE"),

@@ -15,7 +15,7 @@ import click
 from cli.common import fail, options, output, output_options
 from cli.daemonctl import start_daemon, stop_daemon
 from pdcore.config import load_config
-from pdcore.supervisor import supervisor_running
+from pdcore.paths import supervisor_running
 
 DEV_PORT = 9877
 

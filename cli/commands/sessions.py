@@ -18,10 +18,10 @@ import click
 
 from cli import context as ctxmod
 from cli.common import call, duration_ms, fail, options, output, output_options, table
+from pdcore.choices import NOTE_TYPES
+from pdcore.choices import SESSION_PHASES as PHASES
 from pdcore.client import Client
 from pdcore.errors import OpError
-from pdcore.state.notes import NOTE_TYPES
-from pdcore.state.sessions import PHASES
 
 GUARD_MARK = "# installed by: pd guard install"
 

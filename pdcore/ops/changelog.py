@@ -1,7 +1,7 @@
 """Changelog operations (SPEC.md §14): `POST /changelog`, `GET /changelog`."""
 
+from pdcore.choices import CHANGELOG_TYPES as TYPES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.changelog import TYPES
 
 OPS = (
     Op("changelog.add", "changelog.add",

@@ -6,8 +6,11 @@ runner reports back: they are IPC-only (`internal`) because only a runner, holdi
 connection that the core watches, may speak for a run or a fleet.
 """
 
+from pdcore.choices import SPAWN_BACKENDS as BACKENDS
+from pdcore.choices import SPAWN_OUTCOMES as OUTCOMES
+from pdcore.choices import SPAWN_RUNNER_KINDS as RUNNER_KINDS
+from pdcore.choices import SPAWN_STATES as STATES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.spawn import BACKENDS, OUTCOMES, RUNNER_KINDS, STATES
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the spawned agent's id (or a run id)")
 _FLEET = Arg("name", "name", required=True, where="path", doc="the fleet's name (its project folder's name)")

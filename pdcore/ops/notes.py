@@ -3,8 +3,8 @@
 There is deliberately no edit or delete operation for notes.
 """
 
+from pdcore.choices import NOTE_TYPES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.notes import NOTE_TYPES
 
 # The size rule (note_max_bytes, 413) is applied by the handler in bytes; this bound only keeps
 # the validator from scanning absurd strings.

@@ -1,8 +1,8 @@
 """Operations on the salvage queue (SPEC.md §5). 3.7 reached it as /salvage and /resurrection;
 both names route here."""
 
+from pdcore.choices import SALVAGE_STATUSES as STATUSES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.salvage import STATUSES
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the dead agent")
 _SESSION = Arg("sessionId", "name", doc="pick one entry when the agent died more than once")

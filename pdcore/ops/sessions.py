@@ -1,7 +1,9 @@
 """Operations on sessions, phases and file claims (SPEC.md §4), with the 3.7 routes."""
 
+from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
+from pdcore.choices import SESSION_PHASES as PHASES
+from pdcore.choices import SESSION_STATUSES as STATUSES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.sessions import END_STATUSES, PHASES, STATUSES
 
 _ID = Arg("id", "name", required=True, where="path", doc="the session id")
 _FILES_DOC = "a path or glob relative to the project, or a list of them (src/auth/*.ts, src/**)"

@@ -1,8 +1,8 @@
 """One-call lifecycle operations (the 3.7 sugar routes) and the sitrep."""
 
+from pdcore.choices import NOTE_TYPES
+from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.state.notes import NOTE_TYPES
-from pdcore.state.sessions import END_STATUSES
 
 OPS = (
     Op("sugar.begin", "sugar.begin",

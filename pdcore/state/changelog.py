@@ -14,7 +14,6 @@ from typing import Any
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Primitive
 
-TYPES = ("feature", "fix", "refactor", "docs", "chore", "breaking")
 CHANNEL = "pd:changelog"
 _COLUMNS = "id, identity, project, session_id, agent_id, type, summary, description, metadata, created_at"
 

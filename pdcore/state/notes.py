@@ -15,13 +15,13 @@ import logging
 import sqlite3
 from typing import Any
 
+from pdcore.choices import NOTE_TYPES
 from pdcore.crypto import GENESIS, NoteCipher, load_or_create_key
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Park, Primitive
 
 log = logging.getLogger("pd.notes")
 
-NOTE_TYPES = ("progress", "decision", "blocker", "question", "handoff", "general", "commit")
 QUICK_PURPOSE = "Quick notes"
 CHANNEL = "pd:notes"
 AUDIT_BATCH = 2000  # notes checked per arbiter sweep

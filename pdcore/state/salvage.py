@@ -18,7 +18,6 @@ from pdcore.state.base import Ctx, Primitive
 
 CHANNEL = "pd:salvage"
 OPEN = ("pending", "claimed")
-STATUSES = ("pending", "claimed", "completed", "dismissed")
 
 _COLUMNS = ("id, agent_id, session_id, identity, project, purpose, last_heartbeat, died_at, reason, files, status, "
             "claimed_by, claimed_at, claimed_session, ended_at, updated_at")

@@ -21,9 +21,6 @@ from pdcore.state.base import Ctx, Primitive
 from pdcore.state.pathglob import normalize, overlaps
 from pdcore.timers import Timer
 
-PHASES = ("planning", "in_progress", "testing", "reviewing", "completed", "abandoned")
-END_STATUSES = ("completed", "abandoned")
-STATUSES = ("active", *END_STATUSES)
 CHANNEL = "pd:sessions"
 
 

@@ -218,6 +218,28 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def unframeable(args: dict[str, Any], exc: Exception) -> OpError:
+    """The 400 for arguments a frame cannot carry, naming the argument at fault.
+
+    JSON allows integers of any size and strings holding lone UTF-16 surrogates (`"\\udc80"`);
+    MessagePack carries neither, so such a request is bad input, not a server error.
+    """
+    field = None
+    for key, value in args.items():
+        try:
+            proto.pack_payload(value)
+        except (OverflowError, UnicodeEncodeError, ValueError, TypeError) as err:
+            exc, field = err, key
+            break
+    if isinstance(exc, OverflowError):
+        why = "holds an integer outside the 64-bit range (-2^63 .. 2^64-1)"
+    elif isinstance(exc, UnicodeEncodeError):
+        why = "holds text that is not valid Unicode (a lone UTF-16 surrogate such as \\udc80)"
+    else:
+        why = f"holds a value that cannot be sent to the core ({type(exc).__name__})"
+    return OpError("invalid_argument", f"{field or 'the request'} {why}", field)
+
+
 class CoreClient:
     """Calls operations in the core: `call(action, args)` -> result dict, or raises OpError."""
 
@@ -239,7 +261,10 @@ class CoreClient:
         """Run one operation in the core and return its result."""
         payload = dict(args)
         payload["action"] = action
-        body = proto.pack_payload(payload)
+        try:
+            body = proto.pack_payload(payload)
+        except (OverflowError, UnicodeEncodeError, ValueError, TypeError) as exc:
+            raise unframeable(args, exc) from None
         wait = reply_timeout(args) if timeout_s is None else timeout_s
         type_, reply = self._link().request(body, wait, retry_after_send=idempotent)
         return result_of(type_, reply)

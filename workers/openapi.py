@@ -25,7 +25,7 @@ from typing import Any
 from pdcore import __version__
 from pdcore.errors import STATUS_BY_CODE
 from pdcore.ops import CATALOGUE
-from pdcore.ops.schema import NAME_RE, Arg, Op, Route
+from pdcore.ops.schema import IDENTITY_RE, INT_MAX, INT_MIN, NAME_RE, Arg, Op, Route
 
 SSE_PATH = "/msg/{channel}/subscribe"
 DOCS_PATH = Path(__file__).resolve().parents[1] / "docs" / "http-api.md"
@@ -46,12 +46,18 @@ EXTRA_ROUTES = (
      "text/event-stream", 200),
 )
 
+# pdcore.ops.schema.check_identity_pattern as one regular expression: up to three segments,
+# each 1-64 of [A-Za-z0-9._-] optionally ending in *, or a bare *.
+IDPATTERN_RE = r"^(?:[A-Za-z0-9._\-]{1,64}\*?|\*)(?::(?:[A-Za-z0-9._\-]{1,64}\*?|\*)){0,2}$"
+
 _TYPE_SCHEMA: dict[str, dict[str, Any]] = {
-    "str": {"type": "string"},
-    "text": {"type": "string"},
+    # the validators refuse control characters in str (all) and text (all but tab, LF, CR)
+    "str": {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]*$"},
+    "text": {"type": "string", "pattern": r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"},
     "name": {"type": "string", "pattern": NAME_RE.pattern},
-    "identity": {"type": "string", "description": "project[:stack[:context]]"},
-    "idpattern": {"type": "string", "description": "identity, a segment may be * or end in *"},
+    "identity": {"type": "string", "pattern": IDENTITY_RE.pattern, "description": "project[:stack[:context]]"},
+    "idpattern": {"type": "string", "pattern": IDPATTERN_RE,
+                  "description": "identity, a segment may be * or end in *"},
     "int": {"type": "integer"},
     "float": {"type": "number"},
     "bool": {"type": "boolean"},
@@ -66,10 +72,15 @@ _REPLY_TYPE = {"int": "integer", "float": "number", "bool": "boolean", "dict": "
 def arg_schema(arg: Arg) -> dict[str, Any]:
     """The JSON schema of one argument."""
     schema = dict(_TYPE_SCHEMA.get(arg.type, {}))
-    if arg.min is not None:
-        schema["minimum"] = arg.min
-    if arg.max is not None:
-        schema["maximum"] = arg.max
+    lo, hi = arg.min, arg.max
+    if arg.type == "int":  # the validator's 64-bit range bounds every int (pdcore.ops.schema)
+        schema["format"] = "int64"
+        lo = INT_MIN if lo is None else max(lo, INT_MIN)
+        hi = INT_MAX if hi is None else min(hi, INT_MAX)
+    if lo is not None:
+        schema["minimum"] = lo
+    if hi is not None:
+        schema["maximum"] = hi
     if arg.max_len is not None:
         key = {"dict": "maxProperties", "list": "maxItems"}.get(arg.type, "maxLength")
         schema[key] = arg.max_len
@@ -105,13 +116,26 @@ def front_door_codes(op: Op | None, route_method: str) -> set[str]:
     return codes
 
 
+# Refusals the HTTP server (gunicorn) itself answers, before any route, on every path; the body
+# is the same JSON error (workers.server.json_error_response).
+SERVER_REFUSALS = {
+    400: ("invalid_argument", "a request line or header the server cannot parse"),
+    414: ("too_large", "the request line (path and query) is over 4094 bytes"),
+    431: ("too_large", "the request headers are too large"),
+}
+
+
 def _error_responses(codes: Iterable[str]) -> dict[str, Any]:
     by_status: dict[int, list[str]] = {}
     for code in sorted(set(codes)):
         by_status.setdefault(STATUS_BY_CODE.get(code, 400), []).append(code)
+    descriptions = {status: "code: " + ", ".join(names) for status, names in by_status.items()}
+    for status, (code, why) in SERVER_REFUSALS.items():
+        by_status.setdefault(status, [code])
+        descriptions.setdefault(status, f"code: {code} ({why})")
     return {
         str(status): {
-            "description": "code: " + ", ".join(names),
+            "description": descriptions[status],
             "x-codes": names,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
@@ -154,7 +178,8 @@ def _operation(op: Op, route: Route, index: int) -> dict[str, Any]:
         }
     reply_props: dict[str, Any] = {"success": {"type": "boolean", "const": True}}
     for name, kind in op.reply.items():
-        reply_props[name] = {"type": _REPLY_TYPE[kind]} if kind in _REPLY_TYPE else {}
+        # a reply field is null when the thing is absent (3.7 shapes: "project": null)
+        reply_props[name] = {"type": [_REPLY_TYPE[kind], "null"]} if kind in _REPLY_TYPE else {}
     responses: dict[str, Any] = {
         str(route.status): {
             "description": "success",

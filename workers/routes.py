@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import falcon
 
 from pdcore.errors import OpError
-from pdcore.ops.schema import Op, Route, coerce_text_args
+from pdcore.ops.schema import Op, Route, coerce_text_args, loads_json
 from workers.corelink import reply_timeout
 from workers.guard import client_key, unescape_param
 from workers.slots import Slots
@@ -95,9 +95,11 @@ def read_json_object(req: falcon.Request, max_body: int) -> dict:
     if not data.strip():
         return {}
     try:
-        obj = json.loads(data)
+        obj = loads_json(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise OpError("invalid_json", f"request body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        raise OpError("invalid_json", "request body is nested too deeply to read", "body") from None
     if not isinstance(obj, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
         raise OpError("invalid_json", f"request body must be a JSON object ({{...}}), not {kind}", "body")
@@ -131,6 +133,7 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self.arg_names = frozenset(a.name for a in self.op.args)
+        self.body_keys = self.arg_names | frozenset(PASSTHROUGH_QUERY)
         self.method = self.route.method.upper()
         self.has_body = self.method in BODY_METHODS
         self.idempotent = self.method in READ_METHODS
@@ -142,7 +145,10 @@ class Endpoint:
         if self.has_body:
             body = read_json_object(req, self.max_body)
             if body:
-                body.pop("action", None)
+                # Only the op's arguments (and agentId) travel to the core: unknown keys are
+                # ignored anyway, and one the frame cannot carry must not fail the request.
+                known = self.body_keys
+                body = {k: v for k, v in body.items() if k in known}
                 if args:
                     args.update(body)
                 else:

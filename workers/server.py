@@ -7,15 +7,23 @@ so a worker that dies, even by `kill -9`, is replaced in milliseconds without re
 Binds `unix:<config.sock>` (created 0600 through the umask) and `127.0.0.1:<tcp_port>`
 unless `no_tcp`. Errors go to `daemon.log`; the access log is off unless `http_access_log`.
 SIGTERM stops gracefully: workers finish in-flight requests for `http_graceful_timeout_s`.
+
+A request gunicorn cannot parse (a request line over 4094 bytes, a header with a NUL, an
+unknown transfer coding, ...) never reaches the app: gunicorn answers it itself, with an
+HTML page. `write_json_error` replaces that page with the app's JSON error body, so every
+reply of the daemon is JSON (gunicorn has no hook for it: `install_json_errors` swaps its
+`util.write_error` in this process only).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from typing import Any
 
+import gunicorn.util
 from gunicorn.app.base import BaseApplication
 
 from pdcore.config import Config, load_config
@@ -24,6 +32,43 @@ SOCKET_UMASK = 0o177  # the Unix socket (and gunicorn's temp files) come out 060
 # Each worker touches a heartbeat file on every turn of its loop (several times per
 # request under load); in memory (tmpfs) that costs far less than on a disk.
 HEARTBEAT_DIR = "/dev/shm"
+
+
+# gunicorn's status for a request it could not parse -> (our status, code, field at fault).
+# Its 501 for an unknown Transfer-Encoding is the client's input, so it is a 400 here.
+_GUNICORN_ERRORS: dict[int, tuple[int, str, str | None]] = {
+    400: (400, "invalid_argument", "request"),
+    403: (403, "forbidden", "request"),
+    414: (414, "too_large", "url"),
+    417: (417, "invalid_argument", "Expect"),
+    431: (431, "too_large", "headers"),
+    501: (400, "invalid_argument", "Transfer-Encoding"),
+}
+_REASONS = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+
+def json_error_response(status_int: int, reason: str, mesg: str) -> bytes:
+    """The raw HTTP reply for a request gunicorn refused before the app saw it: our JSON body."""
+    status, code, field = _GUNICORN_ERRORS.get(status_int, (status_int, "internal", None))
+    if status_int >= 500 and status_int not in _GUNICORN_ERRORS:
+        message = "internal error while reading the request; details are in daemon.log"
+    else:
+        message = f"the request could not be read: {mesg or reason}"
+    body = json.dumps({"success": False, "error": message, "code": code, "field": field}).encode()
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, reason)}\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """Drop-in for `gunicorn.util.write_error` that writes `json_error_response`."""
+    gunicorn.util.write_nonblock(sock, json_error_response(status_int, reason, mesg))
+
+
+def install_json_errors() -> None:
+    """Make gunicorn's own refusals (unparsable requests) JSON, in this process."""
+    gunicorn.util.write_error = write_json_error
 
 
 def _post_worker_init(worker: Any) -> None:
@@ -65,6 +110,7 @@ class HttpServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        install_json_errors()  # the master, before it forks the workers
         for key, value in gunicorn_settings(self.config).items():
             if key in self.cfg.settings:
                 self.cfg.set(key, value)

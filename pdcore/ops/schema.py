@@ -8,6 +8,7 @@ routes and CLI command that reach it. Validation is compiled once per op into a 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,17 @@ IDENTITY_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}(?::[A-Za-z0-9._\-]{1,64}){0,2}
 PATTERN_SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{0,64}\*?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+# An "int" argument fits a signed 64-bit integer whatever its declared bounds: that is what
+# SQLite stores and MessagePack's signed range carries, so a larger number is refused here, as
+# bad input, instead of overflowing deep inside a handler or the database.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
+
+# dict, list and any arguments nest at most this deep: a value nested near the interpreter's
+# recursion limit (~1000) is accepted by a parser once but breaks every reader of it later
+# (json in a thread, the daemon's own json.dumps), so it is refused as bad input.
+MAX_NESTING = 64
 
 ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bool", "dict", "list", "any")
 
@@ -113,11 +125,20 @@ def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
                 v = int(v)
             else:
                 raise OpError("invalid_argument", f"{name} must be {'a number' if kind is float else 'an integer'}", name)
+        if kind is float:
+            try:
+                v = float(v)
+            except OverflowError:  # an integer beyond the float range
+                v = math.inf
+            if not math.isfinite(v):
+                raise OpError("invalid_argument", f"{name} must be a finite number (not NaN or Infinity)", name)
         if lo is not None and v < lo:
             raise OpError("invalid_argument", f"{name} must be >= {lo:g}", name)
         if hi is not None and v > hi:
             raise OpError("invalid_argument", f"{name} must be <= {hi:g}", name)
-        return float(v) if kind is float else v
+        if kind is int and not INT_MIN <= v <= INT_MAX:
+            raise OpError("invalid_argument", f"{name} must be an integer between -2^63 and 2^63-1", name)
+        return v
 
     return check
 
@@ -170,9 +191,36 @@ def _checker(arg: Arg) -> Callable[[Any], Any]:
                 raise OpError("invalid_argument", f"{name} must be {'an object' if t == 'dict' else 'an array'}", name)
             if max_len is not None and len(v) > max_len:
                 raise OpError("invalid_argument", f"{name} has more than {max_len} entries", name)
+            _check_nesting(v, name)
             return v
         return check_container
-    return lambda v: v  # "any"
+
+    def check_any(v: Any) -> Any:
+        if v.__class__ is dict or v.__class__ is list:
+            _check_nesting(v, name)
+        elif v.__class__ is float and not math.isfinite(v):
+            raise OpError("invalid_argument", f"{name} must not hold NaN or Infinity (not JSON)", name)
+        return v
+    return check_any
+
+
+def _check_nesting(value: dict | list, name: str) -> None:
+    """Refuse a container nested deeper than MAX_NESTING levels, or holding NaN/Infinity.
+
+    Iterative (no recursion). A non-finite float can arrive over IPC (MessagePack carries it);
+    stored, it would be written back to HTTP clients as a bare `NaN`, which is not JSON.
+    """
+    stack = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        for child in container.values() if container.__class__ is dict else container:
+            cls = child.__class__
+            if cls is dict or cls is list:
+                if depth >= MAX_NESTING:
+                    raise OpError("invalid_argument", f"{name} is nested deeper than {MAX_NESTING} levels", name)
+                stack.append((child, depth + 1))
+            elif cls is float and not math.isfinite(child):
+                raise OpError("invalid_argument", f"{name} must not hold NaN or Infinity (not JSON)", name)
 
 
 _VALID_NAMES: set[str] = set()  # names seen valid; hot ops (heartbeat) repeat the same few
@@ -214,6 +262,26 @@ def compile_validator(op: Op) -> Callable[[dict], dict]:
     return validate
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large for a JSON number")
+    return value
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Strict JSON (RFC 8259): NaN, Infinity and numbers that overflow a float are refused.
+
+    Python's json module accepts them by default, and a value taken in that way would be
+    stored and later written back out as `NaN`, which no other JSON parser reads.
+    """
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -240,7 +308,7 @@ def coerce_text_args(op: Op, params: dict[str, str]) -> dict[str, Any]:
                 out[key] = low in _TRUE
             elif t in ("dict", "list", "any"):
                 try:
-                    out[key] = json.loads(text)
+                    out[key] = loads_json(text)
                 except ValueError:
                     if t == "any":
                         out[key] = text
@@ -248,6 +316,6 @@ def coerce_text_args(op: Op, params: dict[str, str]) -> dict[str, Any]:
                         raise
             else:
                 out[key] = text
-        except ValueError:
+        except (ValueError, RecursionError):
             raise OpError("invalid_argument", f"{key} must be {t} (got {text[:40]!r})", key) from None
     return out

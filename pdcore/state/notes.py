@@ -244,21 +244,33 @@ class Notes(Primitive):
         cipher, store = self.cipher, self.store
         rows = store.read(f"SELECT {_NOTE_COLUMNS} FROM notes WHERE id > ? ORDER BY id LIMIT ?",
                           (self._audited, AUDIT_BATCH))
-        for note_id, sid, agent, type_, created_at, nonce, ciphertext, prev, link in rows:
+        for row in rows:
+            note_id, sid, agent = row[0], row[1], row[2]
             before = store.read_one("SELECT hash FROM notes WHERE session_id=? AND id<? ORDER BY id DESC LIMIT 1",
                                     (sid, note_id))
-            reasons = []
-            if prev != (before[0] if before else GENESIS):
-                reasons.append("chain_broken")
-            if cipher.link(prev, note_id, sid, agent, type_, created_at, nonce, ciphertext) != link:
-                reasons.append("hash_mismatch")
-            arbiter.check_note_chain(ctx, sid, not reasons, note_id, agent, ", ".join(reasons))
-            arbiter.check_note_integrity(ctx, note_id, sid, cipher.decrypt(note_id, sid, nonce, ciphertext) is not None,
-                                         agent)
+            faults = note_faults(cipher, row, before[0] if before else GENESIS)
+            chain = [f for f in faults if f != "decrypt_failed"]
+            arbiter.check_note_chain(ctx, sid, not chain, note_id, agent, ", ".join(chain))
+            arbiter.check_note_integrity(ctx, note_id, sid, "decrypt_failed" not in faults, agent)
             self._audited = note_id
 
 
 PRIMITIVE = Notes
+
+
+def note_faults(cipher: NoteCipher, row: tuple, expected_prev: str) -> list[str]:
+    """What does not hold for one stored note (a row of `_NOTE_COLUMNS`), given the link the
+    note before it in its session ends with: `chain_broken` (a note before it is missing,
+    moved or altered), `hash_mismatch` (a stored field changed), `decrypt_failed`."""
+    note_id, sid, agent, type_, created_at, nonce, ciphertext, prev, link = row
+    faults = []
+    if prev != expected_prev:
+        faults.append("chain_broken")
+    if cipher.link(prev, note_id, sid, agent, type_, created_at, nonce, ciphertext) != link:
+        faults.append("hash_mismatch")
+    if cipher.decrypt(note_id, sid, nonce, ciphertext) is None:
+        faults.append("decrypt_failed")
+    return faults
 
 
 class _VerifyJobs:
@@ -295,16 +307,10 @@ def _verify_snapshot(path: str, cipher: NoteCipher, session_id: str | None) -> d
         counts: dict[str, int] = {}
         broken: list[dict] = []
         checked = 0
-        for r in cursor:
-            note_id, sid, agent, type_, created_at, nonce, ciphertext, prev, link = r
+        for row in cursor:
+            note_id, sid, link = row[0], row[1], row[8]
             checked += 1
-            reasons = []
-            if prev != heads.get(sid, GENESIS):
-                reasons.append("chain_broken")  # a note before it is missing, moved or altered
-            if cipher.link(prev, note_id, sid, agent, type_, created_at, nonce, ciphertext) != link:
-                reasons.append("hash_mismatch")
-            if cipher.decrypt(note_id, sid, nonce, ciphertext) is None:
-                reasons.append("decrypt_failed")
+            reasons = note_faults(cipher, row, heads.get(sid, GENESIS))
             if reasons:
                 broken.append({"noteId": note_id, "sessionId": sid, "reasons": reasons})
             heads[sid] = link

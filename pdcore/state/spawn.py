@@ -21,20 +21,19 @@ import re
 import secrets
 from typing import Any
 
-from pdcore.choices import SPAWN_BACKENDS, SPAWN_OUTCOMES, SPAWN_RUNNER_KINDS, SPAWN_STATES
+from pdcore.choices import SPAWN_BACKENDS as BACKENDS
+from pdcore.choices import SPAWN_OUTCOMES as OUTCOMES
+from pdcore.choices import SPAWN_RUNNER_KINDS as RUNNER_KINDS
+from pdcore.choices import SPAWN_STATES as STATES
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Primitive
 from pdcore.timers import Timer
 
 CHANNEL = "pd:fleet"
-BACKENDS = SPAWN_BACKENDS
 BACKEND_ALIASES = {"claude": "claude-cli"}  # Port Daddy 3.8 spelling
-STATES = SPAWN_STATES
 ACTIVE = frozenset(("PENDING", "STARTING", "RUNNING", "BACKOFF"))
 FINAL = frozenset(("EXITED", "FATAL", "STOPPED"))
-OUTCOMES = SPAWN_OUTCOMES
 FAILED = frozenset(("failure", "timeout", "spawn_error", "lost"))
-RUNNER_KINDS = SPAWN_RUNNER_KINDS
 FLEET_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _COLUMNS = ("id, agent_id, fleet, agent, backend, model, task, identity, purpose, spec, trigger_name, state, "

@@ -15,7 +15,6 @@ JSON encoder made once (`dumps`) rather than through Falcon's media handler look
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 import falcon
 
 from pdcore.errors import OpError
+from pdcore.fastjson import encoder
 from pdcore.ops.schema import Op, Route, coerce_text_args, loads_json
 from workers.corelink import reply_timeout
 from workers.guard import client_key, unescape_param
@@ -47,8 +47,8 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-# One encoder for every JSON reply (json.dumps with options builds a new one per call).
-dumps: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, default=jsonable).encode
+# One encoder for every JSON reply, built once (json.dumps builds one per call).
+dumps: Callable[[Any], str] = encoder(default=jsonable, ensure_ascii=False)
 
 
 class Core(Protocol):

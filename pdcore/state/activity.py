@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pdcore.fastjson import encoder
 from pdcore.state.base import Ctx, Primitive
 from pdcore.store import where_clause
 
-_encode = json.JSONEncoder(default=str, separators=(",", ":")).encode  # built once: dumps(default=) is not
+_encode = encoder(default=str, separators=(",", ":"))
 _INSERT_ACTIVITY = "INSERT INTO activity (ts, type, actor, target, details) VALUES (?, ?, ?, ?, ?)"
 
 

@@ -37,7 +37,7 @@ class Config:
     probe_bound_ports: bool = True  # skip ports some process outside Port Daddy has bound
     # shared memory (state.shm)
     shm_enabled: bool = True
-    shm_slots: int = 131072  # hash slots of 512 bytes; a sparse file, only used pages cost memory
+    shm_slots: int = 131072  # hash slots of 256 bytes; a sparse file, only used pages cost memory
     # IPC
     ipc_max_connections: int = 256
     ipc_rate_limit: int = 500  # frames/s per public connection; 0 disables

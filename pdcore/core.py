@@ -30,7 +30,7 @@ from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
 from pdcore.paths import check_home, remove_stale_socket
-from pdcore.shm import ShmWriter, service_records
+from pdcore.shm import ShmWriter, service_rows
 from pdcore.state import Ctx, Park, State
 from pdcore.store import Store
 
@@ -704,8 +704,9 @@ class Core:
     def _publish_shm(self) -> None:
         """Mirror changed services into state.shm (after the commit, before the replies)."""
         ports = self.state.ports  # type: ignore[attr-defined]
-        for ident, record in service_records(ports, ports.take_changed()):
-            self.shm.put(ident, record)  # type: ignore[union-attr]
+        put = self.shm.put  # type: ignore[union-attr]
+        for ident, row in service_rows(ports, ports.take_changed()):
+            put(ident, row)
 
 
 def setup_logging(config: Config) -> None:

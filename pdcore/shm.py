@@ -5,10 +5,12 @@ file; readers (the SDK, HTTP workers) answer `port.get` from it with no round tr
 
 Layout (little-endian):
 
-    header   64 bytes   magic "PDSHM001" | slot_count u32 | slot_size u32 | flags u32 | pad
+    header   64 bytes   magic "PDSHM002" | slot_count u32 | slot_size u32 | flags u32 | pad
     slots    slot_count x slot_size, from offset 4096
-    slot     seq u32 | crc32 u32 | state u8 (0 empty, 1 live, 2 deleted) | pad u8 | len u16 |
-             payload: MessagePack [identity, service record] (len bytes)
+    slot     seq u32 | crc32 u32 | state u8 (0 empty, 1 live, 2 deleted, 3 oversize) | pad u8 |
+             len u16 | payload: MessagePack [identity, row] (len bytes)
+    row      the service record's values in RECORD_FIELDS order (names are not repeated in
+             every slot, so typical records fit a 256-byte slot and fewer pages are touched)
 
 Every slot is guarded by its own sequence number (odd while being written) and a CRC-32 of
 state, length and payload, so a reader never acts on a torn record: it re-reads, and after a
@@ -25,6 +27,7 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,20 @@ import msgpack
 
 from pdcore.identity import stable_hash
 
-MAGIC = b"PDSHM001"
+MAGIC = b"PDSHM002"
 HEADER = struct.Struct("<8sIII")
 SLOT_HEAD = struct.Struct("<IIBBH")
+_SEQ = struct.Struct("<I")
+_CRC_HEAD = struct.Struct("<BBB")  # state, length low byte, length high byte: what the CRC covers first
+_pack = msgpack.Packer(use_bin_type=True).pack
 DATA_OFFSET = 4096
 FLAG_INCOMPLETE = 1
 EMPTY, LIVE, DELETED, OVERSIZE = 0, 1, 2, 3
 MAX_LOAD = 0.75
+SLOT_SIZE = 256
+# A service record (port.get's `service`) is {"id": identity, **zip(RECORD_FIELDS, row)}.
+RECORD_FIELDS = ("port", "pid", "cmd", "cwd", "status", "metadata", "pair", "endpoints", "createdAt", "lastSeen",
+                 "expiresAt")
 READ_TRIES = 4
 
 
@@ -49,7 +59,7 @@ class Fallback(Exception):
 class ShmWriter:
     """The core's side: create the file afresh at start, then keep slots in step with services."""
 
-    def __init__(self, path: Path, slot_count: int = 131072, slot_size: int = 512) -> None:
+    def __init__(self, path: Path, slot_count: int = 131072, slot_size: int = SLOT_SIZE) -> None:
         self.path = Path(path)
         self.slot_count = slot_count
         self.slot_size = slot_size
@@ -72,33 +82,33 @@ class ShmWriter:
         return DATA_OFFSET + index * self.slot_size
 
     def _write_slot(self, index: int, state: int, payload: bytes) -> None:
-        off = self._slot_offset(index)
+        off = DATA_OFFSET + index * self.slot_size
         mm = self.mm
-        (seq,) = struct.unpack_from("<I", mm, off)
-        struct.pack_into("<I", mm, off, (seq + 1) | 1)  # odd: being written
-        crc = zlib.crc32(payload, zlib.crc32(bytes((state, len(payload) & 0xFF, len(payload) >> 8))))
-        struct.pack_into("<IBBH", mm, off + 4, crc, state, 0, len(payload))
-        mm[off + SLOT_HEAD.size:off + SLOT_HEAD.size + len(payload)] = payload
-        struct.pack_into("<I", mm, off, ((seq + 1) | 1) + 1)  # even: stable
+        size = len(payload)
+        odd = (_SEQ.unpack_from(mm, off)[0] + 1) | 1
+        crc = zlib.crc32(payload, zlib.crc32(_CRC_HEAD.pack(state, size & 0xFF, size >> 8)))
+        SLOT_HEAD.pack_into(mm, off, odd, crc, state, 0, size)  # odd sequence: being written
+        mm[off + SLOT_HEAD.size:off + SLOT_HEAD.size + size] = payload
+        _SEQ.pack_into(mm, off, odd + 1)  # even: stable
 
     def _mark_incomplete(self) -> None:
         self.incomplete = True
         self.mm[0:HEADER.size] = HEADER.pack(MAGIC, self.slot_count, self.slot_size, FLAG_INCOMPLETE)
 
-    def put(self, identity: str, record: dict | None) -> None:
-        """Publish the service record of `identity`, or its absence (None)."""
+    def put(self, identity: str, row: Sequence[Any] | None) -> None:
+        """Publish the record of `identity` (its values in RECORD_FIELDS order), or its absence (None)."""
         if self.incomplete:
             return
         index = self.where.get(identity)
-        if record is None:
+        if row is None:
             if index is not None:
                 self._write_slot(index, DELETED, b"")
                 del self.where[identity]
             return
-        payload = msgpack.packb([identity, record], use_bin_type=True)
+        payload = _pack([identity, row])
         state = LIVE
         if len(payload) > self.payload_max:
-            payload, state = msgpack.packb([identity, None]), OVERSIZE
+            payload, state = _pack([identity, None]), OVERSIZE
         if index is None:
             index = self._free_slot(identity)
             if index < 0:
@@ -165,11 +175,13 @@ class ShmReader:
             if state == EMPTY:
                 return None
             if state in (LIVE, OVERSIZE):
-                ident, record = msgpack.unpackb(body, raw=False)
+                ident, row = msgpack.unpackb(body, raw=False)
                 if ident == identity:
                     if state == OVERSIZE:
                         raise Fallback("record larger than a slot")
-                    return record
+                    if not isinstance(row, list) or len(row) != len(RECORD_FIELDS):
+                        raise Fallback("slot written in another layout")
+                    return record_from_row(ident, row)
             i = (i + 1) % slot_count
         return None
 
@@ -228,10 +240,23 @@ class ShmFirst:
             return None
 
 
-def service_records(ports: Any, identities: set[str]) -> list[tuple[str, dict | None]]:
-    """The current records of changed identities (None for released ones), for the writer."""
+def record_row(record: dict) -> tuple:
+    """A service record's values in RECORD_FIELDS order (what a slot stores)."""
+    return tuple(record[field] for field in RECORD_FIELDS)
+
+
+def record_from_row(identity: str, row: Sequence[Any]) -> dict:
+    """The service record a slot's row stands for, keys in the core's order."""
+    record: dict[str, Any] = {"id": identity}
+    record.update(zip(RECORD_FIELDS, row, strict=True))
+    return record
+
+
+def service_rows(ports: Any, identities: set[str]) -> list[tuple[str, tuple | None]]:
+    """The current rows of changed identities (None for released ones), for the writer."""
+    get = ports.trie.get
     out = []
     for ident in identities:
-        svc = ports.trie.get(ident)
-        out.append((ident, svc.to_dict() if svc is not None else None))
+        svc = get(ident)
+        out.append((ident, svc.shm_row() if svc is not None else None))
     return out

@@ -90,6 +90,11 @@ class Service:
             "expiresAt": self.expires_at,
         }
 
+    def shm_row(self) -> tuple:
+        """to_dict's values after "id", in pdcore.shm.RECORD_FIELDS order (a state.shm slot's row)."""
+        return (self.port, self.pid, self.cmd, self.cwd, self.status, self.metadata, self.pair, self.endpoints or {},
+                self.created_at, self.updated_at, self.expires_at)
+
 
 class Ports(Primitive):
     name = "ports"

@@ -243,7 +243,9 @@ class Subscription:
     Reconnects with backoff when the daemon goes away and replays the subscriptions, so a
     watcher survives a daemon restart. Iterating yields delivery dicts
     (`{"id", "channel", "message", "sender", "ts"}`); `next_message(timeout)` returns None on
-    timeout.
+    timeout. A reader too slow for the daemon's `subscriber_queue_max` loses deliveries; the
+    daemon says so before the next one, and `dropped` counts them (a warning is logged too;
+    `msg.history` still holds what each channel keeps).
     """
 
     def __init__(self, config: Config, patterns: list[str], reconnect: bool = True) -> None:
@@ -256,6 +258,7 @@ class Subscription:
         self._decoder = P.FrameDecoder(1 << 30)
         self._pending: list[dict] = []
         self.reconnects = 0
+        self.dropped = 0  # deliveries the daemon dropped because this reader fell behind
         self._open(initial=True)
 
     def _open(self, initial: bool = False) -> None:
@@ -295,9 +298,8 @@ class Subscription:
                 if conv_id == conv:
                     _reply_value(type_, payload)
                     agreed = True
-                elif type_ == P.INFORM and payload.get("action") == "msg.delivery":
-                    payload.pop("action", None)
-                    self._pending.append(payload)
+                elif type_ == P.INFORM:
+                    self._inform(payload)
             if agreed:
                 return
 
@@ -332,10 +334,23 @@ class Subscription:
                     continue
                 type_, _conv, body = item
                 payload = P.unpack_payload(body)
-                if type_ == P.INFORM and payload.get("action") == "msg.delivery":
-                    payload.pop("action", None)
-                    self._pending.append(payload)
+                if type_ == P.INFORM:
+                    self._inform(payload)
         return self._pending.pop(0)
+
+    def _inform(self, payload: dict) -> None:
+        action = payload.pop("action", None)
+        if action == "msg.delivery":
+            self._pending.append(payload)
+        elif action == "msg.dropped":
+            count = payload.get("count") or 0
+            self.dropped += count
+            import logging  # here, not at import: `pd` start-up does not need it
+
+            logging.getLogger("pdcore.client").warning(
+                "subscriber fell behind: the daemon dropped %s deliveries on %s (channel history still "
+                "holds them: pd channel history NAME --after ID)", count,
+                ", ".join(payload.get("channels") or []) or "its channels")
 
     def __iter__(self) -> Iterator[dict]:
         while True:

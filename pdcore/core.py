@@ -48,6 +48,7 @@ _FF_CACHE_MAX = 4096
 _FF_CACHE_BODY_MAX = 256
 EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
 CHECKPOINT_EVERY = 1000
+DROPPED_CHANNELS_MAX = 64  # channel names a msg.dropped notice lists
 # Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId}),
 # not the caller: it must not become the caller's identity.
 _AGENT_IS_TARGET = frozenset(
@@ -101,7 +102,7 @@ class Connection(asyncio.Protocol):
     """One client connection: frame decoding, rate limit, strikes, flow control."""
 
     __slots__ = ("core", "public", "id", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
-                 "subs", "parked", "closed", "reading_paused", "dropped", "limited")
+                 "subs", "parked", "closed", "reading_paused", "dropped", "dropped_on", "limited")
 
     def __init__(self, core: Core, public: bool) -> None:
         self.core = core
@@ -117,7 +118,8 @@ class Connection(asyncio.Protocol):
         self.parked: dict[int, Parked] = {}
         self.closed = False
         self.reading_paused = False
-        self.dropped = 0
+        self.dropped = 0  # deliveries dropped since the last msg.dropped notice
+        self.dropped_on: set[str] = set()  # their channels (at most DROPPED_CHANNELS_MAX names)
         self.limited = public and core.config.ipc_rate_limit > 0  # core.sock is exempt
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -163,6 +165,15 @@ class Connection(asyncio.Protocol):
             return False
         self.tokens = tokens - 1.0
         return True
+
+
+def _dropped_notice(conn: Connection) -> bytes:
+    """The INFORM that tells a subscriber, before its next delivery, what it missed while slow."""
+    body = {"action": "msg.dropped", "count": conn.dropped, "channels": sorted(conn.dropped_on),
+            "channelsComplete": len(conn.dropped_on) < DROPPED_CHANNELS_MAX}
+    conn.dropped = 0
+    conn.dropped_on = set()
+    return P.encode_body(P.INFORM, 0, _pack(body))
 
 
 def _reply_error(action: str | None, err: OpError) -> bytes:
@@ -599,8 +610,12 @@ class Core:
                 continue
             if transport.get_write_buffer_size() + sum(map(len, conn.out)) > limit:
                 conn.dropped += 1
+                if len(conn.dropped_on) < DROPPED_CHANNELS_MAX:
+                    conn.dropped_on.add(channel)
                 self.stats["delivery_dropped"] += 1
                 continue
+            if conn.dropped:
+                conn.send(_dropped_notice(conn))
             conn.send(frame)
             self.stats["delivered"] += 1
 

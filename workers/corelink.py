@@ -35,6 +35,7 @@ DEFAULT_REPLY_TIMEOUT_S = 30.0
 PARKED_GRACE_S = 10.0  # added to a request's own `wait`/`timeout` so the core answers first
 _RECV = 256 * 1024
 _MAX_REPLY = 1 << 28  # the core is a trusted peer; this only bounds a runaway reply
+_STREAM_INFORMS = ("msg.delivery", "msg.dropped")  # what the core pushes to a subscribed stream
 
 _START_HINT = "start it with `pd start`"
 
@@ -316,7 +317,7 @@ class CoreStream:
                 for type_, conv_id, payload in self._frames(deadline - time.monotonic()):
                     if conv_id == 1 and answer is None:
                         answer = (type_, payload)
-                    elif type_ == proto.INFORM and payload.get("action") == "msg.delivery":
+                    elif type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
                         self.pending.append(payload)  # may arrive in the same read as the AGREE
                 if answer is not None:
                     return answer[1] if answer[0] == proto.AGREE else result_of(*answer)
@@ -328,7 +329,7 @@ class CoreStream:
             raise core_unavailable(self.path, f"connection lost: {exc}") from None
 
     def next_delivery(self, timeout_s: float) -> dict | None:
-        """The next delivery, or None when `timeout_s` passes without one."""
+        """The next delivery (or `msg.dropped` notice), or None when `timeout_s` passes without one."""
         if self.pending:
             return self.pending.pop(0)
         deadline = time.monotonic() + timeout_s
@@ -341,7 +342,7 @@ class CoreStream:
             except TimeoutError:
                 return None
             for type_, _conv, payload in frames:
-                if type_ == proto.INFORM and payload.get("action") == "msg.delivery":
+                if type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
                     self.pending.append(payload)
             if self.pending:
                 return self.pending.pop(0)

@@ -42,7 +42,8 @@ EXTRA_ROUTES = (
      "application/json", 200),
     ("GET", SSE_PATH, "A channel's messages as Server-Sent Events (`event: message` with the message id as "
      "`id:`, JSON `data`); `:`-comment keep-alives; capped per client. Resumes after `Last-Event-ID` (or "
-     "`?after=ID`) from the channel's history, with `event: gap` first when messages may have been lost.",
+     "`?after=ID`) from the channel's history, with `event: gap` first when messages may have been lost, "
+     "and before the next message when a stream that fell behind had messages dropped.",
      "text/event-stream", 200),
 )
 

@@ -109,6 +109,18 @@ def gap_event(channel: str, after: int, first_id: int | None) -> bytes:
     return f"event: gap\ndata: {data}\n\n".encode()
 
 
+def dropped_event(channel: str, after: int, count: int) -> bytes:
+    """`event: gap` for live messages the core dropped because this stream fell behind.
+
+    `after` is the id of the last message the stream sent (0: none yet); a client that needs
+    the missing ones reconnects with that id as `Last-Event-ID` (or `?after=`) to replay them
+    from the channel's history. A pattern stream's ids belong to several channels, so there
+    `after` is null and `channel` is the pattern."""
+    data = json.dumps({"channel": channel, "after": None if is_pattern(channel) else after, "dropped": count},
+                      separators=(",", ":"))
+    return f"event: gap\ndata: {data}\n\n".encode()
+
+
 def format_event(delivery: dict[str, Any]) -> bytes:
     """One delivery as an SSE event (`id`, `event: message`, `data` as one JSON line)."""
     data = {k: v for k, v in delivery.items() if k != "action"}
@@ -137,10 +149,10 @@ class Replay:
     message) is still kept, every later message of the channel published before T is kept
     too and is in the page. When the cursor message is not kept any more (`firstId` is above
     it, or the ring is empty), the trimmed messages after it are reported with a `gap` event:
-    the join itself never misses a message silently. (Two losses it does not see: a message
-    whose own `expires` passed is not in history, by design; and the core's slow-subscriber
-    rule, `subscriber_queue_max`, drops live deliveries to a stream that falls that far
-    behind, as it does for any subscriber.) Paging stops at a short page or once the cursor
+    the join itself never misses a message silently. (A message whose own `expires` passed is
+    not in history, by design. Live deliveries the core drops once a stream falls
+    `subscriber_queue_max` behind, as for any subscriber, get a `gap` event of their own: see
+    `dropped_event`.) Paging stops at a short page or once the cursor
     reaches the channel's newest id at the first page (newer messages were published after
     the subscription, so they come live).
     """
@@ -228,6 +240,7 @@ class ChannelEvents:
             yield f"retry: {RETRY_MS}\n: subscribed to {channel}\n\n".encode()
             if replay is not None:
                 yield from replay.events()
+            last_id = replay.last_sent if replay is not None else 0  # the newest id this stream sent
             quiet_since = monotonic()
             while _worker_alive():
                 if client_sock is not None and peer_closed(client_sock):
@@ -237,9 +250,14 @@ class ChannelEvents:
                 except OSError:
                     return  # the core went away; EventSource reconnects after `retry`
                 if delivery is not None:
+                    if delivery.get("action") == "msg.dropped":
+                        yield dropped_event(channel, last_id, delivery.get("count") or 0)
+                        continue
                     if replay is not None and replay.is_replayed(delivery):
                         continue  # already sent from history (see Replay)
                     yield format_event(delivery)
+                    if isinstance(delivery.get("id"), int):
+                        last_id = delivery["id"]
                     quiet_since = monotonic()
                 elif monotonic() - quiet_since >= self.keepalive_s:
                     yield b": keep-alive\n\n"

@@ -305,3 +305,73 @@ def test_integration_signals_are_listed_and_published(daemon):
     status, body = daemon.http("GET", f"/integration?project={project}")
     assert [(s["identity"], s["type"]) for s in body["signals"]] == [(f"{project}:web", "needs"),
                                                                      (f"{project}:api", "ready")]
+
+
+def _read_frames(sock: socket.socket, decoder: P.FrameDecoder, until, timeout: float = 10.0) -> list[dict]:
+    """INFORM payloads read from `sock` until `until(payloads)` holds (bounded by `timeout`)."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not until(got):
+        assert time.monotonic() < deadline, f"timed out; read {len(got)} informs"
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        data = sock.recv(262144)
+        assert data, "the core closed the subscriber"
+        for type_, _conv, body in decoder.feed(data):
+            if type_ == P.INFORM:
+                got.append(P.unpack_payload(body))
+    return got
+
+
+def test_a_subscriber_that_fell_behind_is_told_what_it_missed_before_its_next_delivery(daemon_factory):
+    d = daemon_factory(subscriber_queue_max=65536, ipc_rate_limit=0)
+    channel = unique("behind")
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(str(d.config.ipc))
+    decoder = P.FrameDecoder(1 << 30)
+    slow.sendall(P.encode(P.SUBSCRIBE, 1, {"channels": [channel]}))
+    slow.settimeout(10)
+    assert P.unpack_payload(next(iter(decoder.feed(slow.recv(4096))))[2])["action"] == "subscribe"
+    publisher = d.client(transport="ipc")
+    flood = 600
+    for n in range(flood):  # ~4.8 MB to a reader that reads nothing meanwhile
+        publisher.msg_publish(channel=channel, payload={"n": n, "pad": "x" * 8000})
+    dropped = publisher.daemon_metrics()["counters"]["delivery_dropped"]
+    assert 0 < dropped < flood
+    # Drain what was queued: deliveries only, in order, no notice yet (nothing was delivered since).
+    queued = _read_frames(slow, decoder, lambda got: len(got) == flood - dropped)
+    assert {p["action"] for p in queued} == {"msg.delivery"}
+    ns = [p["message"]["n"] for p in queued]
+    assert ns == sorted(ns) and ns[0] == 0
+    # The next delivery that fits is preceded by the notice.
+    publisher.msg_publish(channel=channel, payload={"n": "after"}, _reply=True)
+    notice, after = _read_frames(slow, decoder, lambda got: len(got) >= 2)
+    assert notice == {"action": "msg.dropped", "count": dropped, "channels": [channel], "channelsComplete": True}
+    assert after["action"] == "msg.delivery" and after["message"] == {"n": "after"}
+    # Told once: the delivery after that comes alone.
+    publisher.msg_publish(channel=channel, payload={"n": "again"}, _reply=True)
+    (again,) = _read_frames(slow, decoder, lambda got: len(got) >= 1)
+    assert again["action"] == "msg.delivery" and again["message"] == {"n": "again"}
+    slow.close()
+
+
+def test_the_sdk_subscription_counts_what_it_missed(daemon_factory):
+    d = daemon_factory(subscriber_queue_max=65536, ipc_rate_limit=0)
+    channel = unique("sdk-behind")
+    sub = d.client(transport="ipc").subscribe(channel, reconnect=False)
+    publisher = d.client(transport="ipc")
+    flood = 600
+    for n in range(flood):
+        publisher.msg_publish(channel=channel, payload={"n": n, "pad": "x" * 8000})
+    dropped = publisher.daemon_metrics()["counters"]["delivery_dropped"]
+    assert dropped > 0
+    got = []
+    while len(got) < flood - dropped:
+        msg = sub.next_message(timeout=10)
+        assert msg is not None, f"got {len(got)} of {flood - dropped} queued deliveries"
+        got.append(msg)
+    assert sub.dropped == 0  # not told yet: nothing was delivered since the drops
+    publisher.msg_publish(channel=channel, payload={"n": "after"}, _reply=True)
+    assert sub.next_message(timeout=10)["message"] == {"n": "after"}
+    assert sub.dropped == dropped
+    sub.close()

@@ -35,8 +35,14 @@ def publish(daemon, channel: str, n: int) -> int:
 class EventStream:
     """One SSE connection, read one event at a time (`retry` and `:` comments are skipped)."""
 
-    def __init__(self, port: int, path: str, headers: dict | None = None) -> None:
+    def __init__(self, port: int, path: str, headers: dict | None = None, rcvbuf: int | None = None) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=READ_TIMEOUT_S)
+        if rcvbuf is not None:  # a small receive window, set before connecting, makes a slow reader
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.settimeout(READ_TIMEOUT_S)
+            sock.connect(("127.0.0.1", port))
+            self.conn.sock = sock
         self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.read()
@@ -174,6 +180,43 @@ def test_a_trimmed_history_is_announced_with_a_gap_event(daemon_factory):
         assert stream.next_event() == ("gap", None, {"channel": channel, "after": ids[6], "firstId": None})
         live_id = publish(d, channel, 7)
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]
+
+
+def test_a_stream_that_fell_behind_gets_gap_events_then_resumes_without_loss(daemon_factory):
+    d = daemon_factory(subscriber_queue_max=65536, ipc_rate_limit=0, channel_ring_size=5000)
+    channel = unique("sse-behind")
+    with EventStream(d.port, f"/msg/{channel}/subscribe", rcvbuf=4096) as stream:
+        first = publish(d, channel, -1)
+        assert kinds_and_ids([stream.next_event()]) == [("message", first)]  # subscribed and live
+        publisher = d.client(transport="ipc")
+        flood = 600
+        for n in range(flood):  # ~4.8 MB while this reader reads nothing
+            publisher.msg_publish(channel=channel, payload={"n": n, "pad": "x" * 8000})
+        dropped = publisher.daemon_metrics()["counters"]["delivery_dropped"]
+        assert dropped > 0
+        seen: list[int] = [first]
+        gaps: list[dict] = []
+        marker = None
+        while seen[-1] != marker:
+            if marker is None and len(seen) == flood + 1 - dropped:  # drained: now a delivery fits
+                marker = publish(d, channel, flood)  # and brings the notice of the last drops
+            kind, event_id, data = stream.next_event()
+            if kind == "gap":  # one per run of drops, naming the last message sent before it
+                assert set(data) == {"channel", "after", "dropped"} and data["channel"] == channel
+                assert data["after"] == seen[-1] and data["dropped"] > 0
+                gaps.append(data)
+            else:
+                assert kind == "message" and event_id > seen[-1]
+                seen.append(event_id)
+    assert gaps and sum(g["dropped"] for g in gaps) == dropped
+    assert len(seen) + dropped == flood + 2
+    # Resuming from the first gap's id replays everything after it: what was seen and what was not.
+    after = gaps[0]["after"]
+    with EventStream(d.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(after)}) as resumed:
+        replayed = kinds_and_ids(resumed.events(len([i for i in seen if i > after]) + dropped))
+    ids = [event_id for _, event_id in replayed]
+    assert {kind for kind, _ in replayed} == {"message"} and ids == sorted(ids) and ids[-1] == marker
+    assert {i for i in seen if i > after} <= set(ids)
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "1.5", "12abc", "9" * 25, "²"])

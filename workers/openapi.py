@@ -37,7 +37,8 @@ _READ = frozenset({"GET", "HEAD"})
 
 # Routes the HTTP side serves itself: (method, path, summary, content type, status).
 EXTRA_ROUTES = (
-    ("GET", "/", "The dashboard: services, agents, sessions, salvage and locks, live over SSE.", "text/html", 200),
+    ("GET", "/", "The dashboard: services, agents, sessions, salvage, locks, file heat, tuples and fleets, "
+     "live over SSE.", "text/html", 200),
     ("GET", "/openapi.json", "This API described as OpenAPI 3.1, generated from the op catalogue.",
      "application/json", 200),
     ("GET", SSE_PATH, "A channel's messages as Server-Sent Events (`event: message` with the message id as "

@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
 from pdcore.client import Client
 from pdcore.config import Config
 from pdcore.errors import OpError
-from pdcore.paths import check_home, supervisor_running
+from pdcore.paths import check_home, socket_answers, supervisor_running
 
 
 def _answers(config: Config) -> bool:
@@ -46,6 +47,20 @@ def _refusal_since(config: Config, offset: int) -> str | None:
     return lines[-1] if lines else None
 
 
+def _wait_for_unsupervised(config: Config, timeout: float = 10.0) -> None:
+    """Wait for daemon processes left without their supervisor to go.
+
+    Children of a supervisor killed with SIGKILL stop on their own within about a second
+    (pdcore.paths.watch_supervisor) and drain; starting meanwhile would trip over their sockets.
+    """
+    deadline = time.monotonic() + timeout
+    while any(socket_answers(Path(p)) for p in (config.ipc, config.sock, config.core_sock)):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"a Port Daddy process without a supervisor still answers on {config.ipc} or "
+                               f"{config.sock} after {timeout:.0f}s; stop it (see `ps`) and run pd start again")
+        time.sleep(0.05)
+
+
 def start_daemon(config: Config, timeout: float = 30.0) -> int:
     """Start the supervisor in the background; return its pid once the daemon answers."""
     problem = check_home(config.home, create=True)
@@ -54,6 +69,7 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
     running = supervisor_running(config)
     if running:
         return running
+    _wait_for_unsupervised(config)
     env = dict(os.environ, PORT_DADDY_HOME=str(config.home), PORT_DADDY_PORT=str(config.tcp_port))
     if config.no_tcp:
         env["PORT_DADDY_NO_TCP"] = "1"
@@ -71,8 +87,8 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
             if reason:
                 raise RuntimeError(reason)
             raise RuntimeError(f"the daemon exited during start (code {proc.returncode}):\n{log_tail(config)}")
-        if _answers(config):
-            return proc.pid
+        if _answers(config) and supervisor_running(config) == proc.pid:
+            return proc.pid  # this start's daemon, not one left behind by another
         time.sleep(0.05)
     proc.terminate()  # do not leave a half-started daemon behind a failed `pd start`
     try:

@@ -15,6 +15,7 @@ import threading
 
 from fleet.service import FleetService
 from pdcore.config import load_config
+from pdcore.paths import watch_supervisor
 
 
 def main() -> int:
@@ -30,6 +31,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    watch_supervisor(stop.set, "fleet")
     logging.getLogger("pd.fleet").info("event=fleet_runner.start pid=%d home=%s", os.getpid(), config.home)
     FleetService(config).run(stop)
     logging.getLogger("pd.fleet").info("event=fleet_runner.stopped")

@@ -29,7 +29,7 @@ from pdcore.config import Config, load_config
 from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
-from pdcore.paths import check_home, remove_stale_socket
+from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.state import Ctx, Park, State
 from pdcore.store import Store
@@ -738,6 +738,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, core.stopping.set)
+    watch_supervisor(lambda: loop.call_soon_threadsafe(core.stopping.set), "core")
     await core.stopping.wait()
     await core.stop()
 
@@ -753,6 +754,7 @@ def main() -> None:
         print(f"port-daddy: {problem}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     socket.setdefaulttimeout(None)
+    os.umask(0o077)  # state.db, its WAL and shm files: the owner's alone, like everything in the home
     try:
         uvloop.run(serve(config))
     except MasterKeyError as exc:

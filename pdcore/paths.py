@@ -6,9 +6,12 @@ other CLI commands that ask it do not import the supervisor (and its logging set
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,40 @@ import psutil
 
 if TYPE_CHECKING:
     from pdcore.config import Config
+
+
+# Set by the supervisor in its children's environment: the pid they must outlive no longer than.
+SUPERVISOR_PID_ENV = "PORT_DADDY_SUPERVISOR_PID"
+SUPERVISOR_CHECK_S = 1.0
+
+
+def supervisor_gone() -> bool:
+    """True in a child of the supervisor once the supervisor has died (the child was re-parented).
+
+    A supervisor killed with SIGKILL cannot stop its children; each child checks this about
+    every second and then stops as on SIGTERM, so no core, HTTP server or fleet runner is left
+    running unsupervised (and holding the sockets a new `pd start` needs)."""
+    expected = os.environ.get(SUPERVISOR_PID_ENV, "")
+    return expected.isdigit() and os.getppid() != int(expected)
+
+
+def watch_supervisor(on_gone: Callable[[], None], name: str) -> threading.Thread | None:
+    """In a supervised child: call `on_gone()` once, from a daemon thread, when the supervisor dies."""
+    if not os.environ.get(SUPERVISOR_PID_ENV, "").isdigit():
+        return None  # run by hand (or by a bench): nobody to outlive
+
+    def watch() -> None:
+        stopped = threading.Event()
+        while not stopped.wait(SUPERVISOR_CHECK_S):
+            if supervisor_gone():
+                logging.getLogger("pd.supervisor").warning(
+                    "event=supervisor.gone child=%s pid=%d action=stopping", name, os.getpid())
+                on_gone()
+                return
+
+    thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_home(home: Path, create: bool = False) -> str | None:

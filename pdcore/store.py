@@ -8,6 +8,7 @@ connection see the tick's uncommitted writes.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterable
@@ -43,6 +44,11 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA temp_store=MEMORY")
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the core's thread
+        for suffix in ("", "-wal", "-shm"):  # the owner's alone (files of older versions were 0644)
+            try:
+                os.chmod(self.path + suffix, 0o600)
+            except FileNotFoundError:
+                pass
         self.in_tx = False
         self._op_active = False  # inside one durable op's call
         self._op_savepoint = False  # that op has written, under SAVEPOINT op

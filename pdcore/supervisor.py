@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pdcore.config import Config, load_config
-from pdcore.paths import check_home, read_pid, remove_stale_socket, socket_answers, supervisor_running
+from pdcore.paths import (
+    SUPERVISOR_PID_ENV,
+    check_home,
+    read_pid,
+    remove_stale_socket,
+    socket_answers,
+    supervisor_running,
+)
 
 log = logging.getLogger("pd.supervisor")
 
@@ -97,6 +104,7 @@ class Supervisor:
     def spawn(self, child: Child) -> None:
         env = dict(os.environ)
         env["PORT_DADDY_HOME"] = str(self.config.home)
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())  # children stop if this process dies (paths.watch_supervisor)
         child.proc = subprocess.Popen(child.argv, env=env, stdin=subprocess.DEVNULL, stdout=sys.stderr,
                                       stderr=sys.stderr, start_new_session=False)
         child.state = "STARTING"

@@ -21,12 +21,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 from typing import Any
 
 import gunicorn.util
 from gunicorn.app.base import BaseApplication
 
 from pdcore.config import Config, load_config
+from pdcore.paths import watch_supervisor
 
 SOCKET_UMASK = 0o177  # the Unix socket (and gunicorn's temp files) come out 0600
 # Each worker touches a heartbeat file on every turn of its loop (several times per
@@ -71,6 +73,11 @@ def install_json_errors() -> None:
     gunicorn.util.write_error = write_json_error
 
 
+def _when_ready(server: Any) -> None:
+    """In the master, once it listens: stop gracefully (as on SIGTERM) if the supervisor dies."""
+    watch_supervisor(lambda: os.kill(os.getpid(), signal.SIGTERM), "http")
+
+
 def _post_worker_init(worker: Any) -> None:
     from workers.sse import watch_worker
 
@@ -98,6 +105,7 @@ def gunicorn_settings(config: Config) -> dict[str, Any]:
         "proc_name": "pd-http",
         "control_socket_disable": True,
         "post_worker_init": _post_worker_init,
+        "when_ready": _when_ready,
         "worker_tmp_dir": HEARTBEAT_DIR if os.path.isdir(HEARTBEAT_DIR) and os.access(HEARTBEAT_DIR, os.W_OK) else None,
     }
 

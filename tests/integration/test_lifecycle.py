@@ -126,3 +126,43 @@ def test_metrics_as_json_and_prometheus_text(daemon):
     assert as_json.returncode == 0 and '"counters"' in as_json.stdout
     text = daemon.pd("metrics", "--prometheus")
     assert text.returncode == 0 and "# TYPE pd_ops_total counter" in text.stdout
+
+
+def test_children_of_a_supervisor_killed_with_kill_9_stop_and_pd_start_comes_back():
+    import signal
+    import time
+
+    import psutil
+
+    d = Daemon(ipc_rate_limit=0).start()
+    try:
+        port = d.client().port_claim(id="orphans:check:main")["port"]
+        supervisor = psutil.Process(d.supervisor_pid())
+        children = supervisor.children(recursive=True)
+        kinds = {" ".join(c.cmdline()).split(" -m ")[-1].split()[0] for c in children}
+        assert {"pdcore.core", "workers.server", "fleet"} <= kinds
+        log_size = (d.home / "daemon.log").stat().st_size
+        os.kill(supervisor.pid, signal.SIGKILL)
+        d.proc.wait(timeout=10)
+        started = time.monotonic()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left running without their supervisor: {[p.cmdline() for p in alive]}"
+        assert time.monotonic() - started < 8
+        since = (d.home / "daemon.log").read_bytes()[log_size:].decode(errors="replace")
+        assert "event=supervisor.gone child=core" in since and "event=core.stopped" in since  # drained
+        started_again = d.pd("start")
+        assert started_again.returncode == 0, started_again.stderr
+        assert d.client().port_claim(id="orphans:check:main")["port"] == port
+        assert d.pd("status").returncode == 0
+    finally:
+        d.stop()
+
+
+def test_every_file_the_daemon_writes_in_its_home_is_the_owners_alone(daemon):
+    import stat
+
+    daemon.client().port_claim(id="modes:check:main")  # the database and its WAL exist by now
+    names = ["state.db", "state.db-wal", "state.db-shm", "state.shm", "master.key", "daemon.pid", "daemon.port",
+             "daemon.sock", "daemon.ipc", "core.sock"]
+    modes = {name: stat.S_IMODE((daemon.home / name).stat().st_mode) for name in names}
+    assert {name: oct(mode) for name, mode in modes.items() if mode & 0o077} == {}

@@ -10,6 +10,7 @@ remove the pid file.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -72,6 +73,7 @@ class Supervisor:
         self.http = Child("http", [py, "-m", "workers.server"], ready_socket=config.sock)
         self.fleet = Child("fleet", [py, "-m", "fleet"])  # daemon-managed fleets and spawned agents
         self.children = [self.core, self.http, self.fleet]
+        self._lock_fd: int | None = None  # daemon.lock, held while this supervisor runs
 
     # -- lifecycle -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -79,6 +81,7 @@ class Supervisor:
         problem = check_home(self.config.home, create=True)
         if problem:
             raise SystemExit(f"port-daddy: {problem}")
+        self._hold_lock()
         other = supervisor_running(self.config)
         if other:
             raise SystemExit(f"port-daddy: already running (pid {other}); `pd stop` first")
@@ -100,6 +103,20 @@ class Supervisor:
         if not self.config.no_tcp:
             self.config.port_file.write_text(f"{self.config.tcp_port}\n")
             os.chmod(self.config.port_file, 0o600)
+
+    def _hold_lock(self) -> None:
+        """Take `daemon.lock` (flock) for this process's life: two supervisors started at the same
+        instant cannot both pass the pid-file check. The kernel drops the lock when we exit,
+        however we exit, so it never goes stale."""
+        path = self.config.home / "daemon.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            other = read_pid(self.config.pid_file)
+            raise SystemExit(f"port-daddy: already running (pid {other or 'starting'}); `pd stop` first") from None
+        self._lock_fd = fd
 
     def spawn(self, child: Child) -> None:
         env = dict(os.environ)

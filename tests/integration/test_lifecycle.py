@@ -166,3 +166,24 @@ def test_every_file_the_daemon_writes_in_its_home_is_the_owners_alone(daemon):
              "daemon.sock", "daemon.ipc", "core.sock"]
     modes = {name: stat.S_IMODE((daemon.home / name).stat().st_mode) for name in names}
     assert {name: oct(mode) for name, mode in modes.items() if mode & 0o077} == {}
+
+
+def test_a_second_supervisor_is_refused_while_the_first_holds_the_lock():
+    """Two supervisors started at the same instant: whichever locks daemon.lock runs, the other
+    refuses in one line, even before the first has written daemon.pid."""
+    import fcntl
+
+    d = Daemon(ipc_rate_limit=0)  # its home, not started yet
+    try:
+        fd = os.open(d.home / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a supervisor that has not written its pid yet
+        second = subprocess.run([sys.executable, "-m", "pdcore.supervisor"], env=d.env, cwd=REPO,
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0
+        assert second.stderr.strip().splitlines()[-1].startswith("port-daddy: already running")
+        assert not (d.home / "daemon.pid").exists()
+        os.close(fd)  # released: now a supervisor may run
+        d.start()
+        assert d.pd("status").returncode == 0
+    finally:
+        d.stop()

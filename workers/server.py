@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import gunicorn.util
@@ -82,6 +83,27 @@ def _post_worker_init(worker: Any) -> None:
     from workers.sse import watch_worker
 
     watch_worker(lambda: bool(worker.alive))
+    throttle_heartbeat(worker)
+
+
+def throttle_heartbeat(worker: Any) -> None:
+    """Beat the worker's heartbeat at most every `timeout / 4` seconds (at most 1 s).
+
+    gthread calls `notify()` on every turn of its loop, several times per request under load,
+    and each is an `os.utime` on the heartbeat file: a tenth of a busy worker's CPU. gunicorn's
+    master needs one beat per `timeout` seconds to know the worker is not stuck."""
+    beat = worker.notify
+    interval = max(0.05, min(1.0, worker.timeout / 4))
+    last = -interval
+
+    def notify() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= interval:
+            last = now
+            beat()
+
+    worker.notify = notify
 
 
 def gunicorn_settings(config: Config) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from workers.corelink import CoreClient, reply_timeout
 from workers.guard import is_loopback_host, is_loopback_origin
 from workers.metrics import render_prometheus
 from workers.routes import OpResource, build_resources, router_template
-from workers.server import SOCKET_UMASK, gunicorn_settings
+from workers.server import SOCKET_UMASK, gunicorn_settings, throttle_heartbeat
 from workers.slots import Slots
 
 LOCAL = {"Host": "localhost:9876"}
@@ -516,6 +516,29 @@ def test_only_calls_that_may_park_take_a_waiting_slot(core: FakeCore, monkeypatc
     core.call = lambda action, args, idempotent=False, timeout_s=None: seen.append(timeout_s) or {}
     client.simulate_post("/test-wait", json={"wait": 5000})
     assert seen == [15.0]
+
+
+def test_the_worker_heartbeat_is_beaten_at_most_every_quarter_timeout(monkeypatch):
+    class Worker:
+        timeout = 2
+        beats = 0
+
+        def notify(self) -> None:
+            self.beats += 1
+
+    clock = [100.0]
+    monkeypatch.setattr("workers.server.time.monotonic", lambda: clock[0])
+    worker = Worker()
+    throttle_heartbeat(worker)
+    for _ in range(1000):  # one busy stretch of the worker's loop
+        worker.notify()
+    assert worker.beats == 1
+    clock[0] += 0.49
+    worker.notify()
+    assert worker.beats == 1
+    clock[0] += 0.02  # half a second (timeout / 4) since the last beat
+    worker.notify()
+    assert worker.beats == 2
 
 
 def test_gunicorn_settings_bind_the_socket_and_loopback_only():

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -140,6 +141,17 @@ def output_options(fn: Callable) -> Callable:
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def when(ms: int | None) -> str:
+    """Epoch milliseconds -> local "YYYY-MM-DD HH:MM:SS" for human output ("-" when absent); --json stays raw."""
+    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def one_line(text: Any, limit: int = 200) -> str:
+    """Free text as one line of at most `limit` characters, "..." marking a cut (human output only)."""
+    flat = " ".join(str(text).split()) if text is not None else "-"
+    return flat if len(flat) <= limit else flat[:limit - 3].rstrip() + "..."
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]], empty: str = "(none)") -> str:

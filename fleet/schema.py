@@ -462,17 +462,17 @@ def validate_data(data: Any, project_dir: Path, file: Path) -> tuple[FleetSpec |
                                                  None, 1)
             spec.max_spawns_per_hour = c.count("limits.max_spawns_per_hour", limits.get("max_spawns_per_hour"),
                                                None, 1)
-    agents = data.get("agents")
-    if agents is None:
-        c.warn("agents", "no agents are declared, so the fleet does nothing", "add agents (see pd fleet init)")
-    elif not isinstance(agents, dict):
+    agents, watchers = data.get("agents"), data.get("watchers")
+    if not agents and not watchers:  # watchers run on their own, so a watchers-only fleet does something
+        c.warn("agents", "no agents or watchers are declared, so the fleet does nothing",
+               "add agents (see pd fleet init) or watchers")
+    if agents is not None and not isinstance(agents, dict):
         c.error("agents", "must be a mapping of agent name to settings", "write agents: {qa: {...}}")
-    else:
+    elif agents:
         for agent_name, raw in agents.items():
             agent = _agent(c, name, harbor, str(agent_name), raw)
             if agent is not None:
                 spec.agents[agent.name] = agent
-    watchers = data.get("watchers")
     if watchers is not None:
         if not isinstance(watchers, dict):
             c.error("watchers", "must be a mapping of watcher name to {trigger, exec}", "")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdcore import protocol as P
-from pdcore.config import Config, load_config
+from pdcore.config import HOME_HEADER, Config, home_tag, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
 from pdcore.shm import ShmFirst
@@ -71,6 +71,30 @@ def _unix_http_connection() -> type[http.client.HTTPConnection]:
     return UnixHTTPConnection
 
 
+def _check_tcp_daemon_home(conn: http.client.HTTPConnection, config: Config) -> None:
+    """Before a call over TCP, make sure the daemon on the port serves this home.
+
+    TCP is the last fallback, used when this home has no sockets, which is also what a home
+    whose daemon is not running looks like: the port may then belong to another home's daemon,
+    and a claim or a note sent there would land in the wrong state. One HEAD /health, on the
+    same keep-alive connection, asks it (the reply names its home by a tag)."""
+    import http.client
+
+    try:
+        conn.request("HEAD", "/health")
+        resp = conn.getresponse()
+        resp.read()
+        served = resp.getheader(HOME_HEADER)
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        raise OpError("unavailable", DOWN_MESSAGE) from None
+    if served is not None and served != home_tag(config.home):
+        conn.close()
+        raise OpError("unavailable", f"this home ({config.home}) has no daemon running; the one on "
+                                     f"127.0.0.1:{config.tcp_port} serves another home. Start this one with "
+                                     "pd start on a free port (PORT_DADDY_PORT)")
+
+
 def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
     """Call `op` over HTTP (Unix socket if present, else TCP) using its first route."""
     import http.client
@@ -96,6 +120,7 @@ def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
         conn: http.client.HTTPConnection = _unix_http_connection()(str(config.sock), timeout)
     elif not config.no_tcp:
         conn = http.client.HTTPConnection("127.0.0.1", config.tcp_port, timeout=timeout)
+        _check_tcp_daemon_home(conn, config)
     else:
         raise OpError("unavailable", DOWN_MESSAGE)
     try:

@@ -217,3 +217,14 @@ def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Conf
             values[name] = _convert(name, env[var])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Config(home=home_path, **values)
+
+
+HOME_HEADER = "X-Port-Daddy-Home"
+
+
+def home_tag(home: Path | str) -> str:
+    """A short tag of a home folder (a hash of its resolved path) that the HTTP side sends with
+    every reply, so a client that reaches a daemon over TCP can tell it serves another home."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:16]

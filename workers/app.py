@@ -138,7 +138,7 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
             core = ShmFirstCore(core, ShmFirst(config.shm_path))
     slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
 
-    app = falcon.App(middleware=[Gate(config.http_max_body)], cors_enable=False)
+    app = falcon.App(middleware=[Gate(config.http_max_body, str(config.home))], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
     json_handler = falcon.media.JSONHandler(dumps=dumps)  # the responders' encoder (non-ASCII kept, bytes as base64)

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import falcon
 
+from pdcore.config import HOME_HEADER, home_tag
 from pdcore.errors import OpError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -116,8 +117,14 @@ def unescape_param(value: str) -> str:
 class Gate:
     """Falcon middleware that applies the checks above before routing."""
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, home: str | None = None) -> None:
         self.max_body = max_body
+        self.home_tag = home_tag(home) if home is not None else None
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         req_succeeded: bool) -> None:
+        if self.home_tag is not None:  # which home this daemon serves (a TCP client checks it)
+            resp.set_header(HOME_HEADER, self.home_tag)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         env = req.env

@@ -14,7 +14,7 @@ AGENT_COLUMNS = [("id", "AGENT"), ("status", "LIVENESS"), ("pid", "PID"), ("iden
 def _agent_or_context(agent_id: str | None) -> str:
     found = agent_id or ctxmod.load(options().config.home).agent_id
     if not found:
-        fail("no agent given and none current in this terminal; pass AGENT_ID or run pd begin", 2)
+        fail("no agent given and none current in this terminal; pass AGENT_ID or run pd begin")
     return found
 
 

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from cli.common import call, fail, options, output, output_options, table
+from cli.common import call, fail, options, output, output_options, table, when
 from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
 from pdcore import __version__
 from pdcore.client import Client
@@ -217,8 +217,9 @@ def config_cmd() -> None:
 def activity(limit: int, type_: str | None, agent_id: str | None) -> None:
     """Recent state changes, newest first."""
     result = call("activity.list", limit=limit, type=type_, agentId=agent_id)
-    output(result, lambda r: table(r["activities"], [("id", "ID"), ("timestamp", "TIME"), ("type", "TYPE"),
-                                                     ("agentId", "AGENT"), ("target", "TARGET")]))
+    rows = [{**a, "time": when(a.get("timestamp"))} for a in result["activities"]]
+    output(result, lambda r: table(rows, [("id", "ID"), ("time", "TIME"), ("type", "TYPE"), ("agentId", "AGENT"),
+                                          ("target", "TARGET")]))
 
 
 def register(cli: click.Group) -> None:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
-from cli.common import call, output, output_options
+from cli import context as ctxmod
+from cli.common import call, options, output, output_options
 
-AGENT_HELP = "Whose inbox (default: $PORT_DADDY_AGENT)."
+AGENT_HELP = "Whose inbox (default: this terminal's agent, from pd begin or $PORT_DADDY_AGENT)."
 
 
 def _agent(agent: str | None) -> str:
-    who = agent or os.environ.get("PORT_DADDY_AGENT")
+    who = agent or ctxmod.load(options().config.home).agent_id
     if not who:
-        raise click.UsageError("give --agent AGENT (or set PORT_DADDY_AGENT) to say whose inbox")
+        raise click.UsageError("give --agent AGENT (or run pd begin, or set PORT_DADDY_AGENT) to say whose inbox")
     return who
 
 
@@ -57,7 +57,7 @@ def inbox_list(agent: str | None, unread: bool, limit: int) -> None:
 @click.argument("to")
 @click.argument("text", required=False)
 @click.option("--content", "content_opt", help="The message (same as TEXT).")
-@click.option("--from", "from_", help="Sender (default: $PORT_DADDY_AGENT).")
+@click.option("--from", "from_", help="Sender (default: this terminal's agent).")
 @click.option("--type", "type_", help="Message kind: message, request, handoff, ...")
 @output_options
 def inbox_send(to: str, text: str | None, content_opt: str | None, from_: str | None, type_: str | None) -> None:
@@ -66,7 +66,7 @@ def inbox_send(to: str, text: str | None, content_opt: str | None, from_: str | 
     if not content:
         raise click.UsageError('give the message: pd inbox send AGENT "text"')
     result = call("inbox.send", id=to, content=content, type=type_,
-                  **{"from": from_ or os.environ.get("PORT_DADDY_AGENT")})
+                  **{"from": from_ or ctxmod.load(options().config.home).agent_id})
     output(result, lambda r: f"sent #{r['messageId']} to {to}", quiet=result["messageId"])
 
 

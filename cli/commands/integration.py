@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.common import call, output, output_options, table
+from cli.common import call, output, output_options, table, when
 
 SIGNAL_COLUMNS = [("identity", "IDENTITY"), ("type", "SIGNAL"), ("message", "MESSAGE"), ("agentId", "AGENT"),
-                  ("createdAt", "AT")]
+                  ("at", "AT")]
 
 
 @click.group()
@@ -48,7 +48,8 @@ def needs(identity: str, message: str | None, message_opt: str | None) -> None:
 def list_signals(project: str | None, identity: str | None, type_: str | None, limit: int) -> None:
     """Signals, newest first."""
     result = call("integration.list", project=project, identity=identity, type=type_, limit=limit)
-    output(result, lambda r: table(r["signals"], SIGNAL_COLUMNS, empty="no signals"),
+    rows = [{**s, "at": when(s.get("createdAt"))} for s in result["signals"]]
+    output(result, lambda r: table(rows, SIGNAL_COLUMNS, empty="no signals"),
            quiet="\n".join(f"{k} {v}" for k, v in result["latest"].items()))
 
 

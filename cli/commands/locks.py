@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from cli import context as ctxmod
 from cli.common import call, duration_ms, options, output, output_options, table
 from pdcore.client import Client
 from pdcore.errors import OpError
@@ -22,16 +23,22 @@ LOCK_COLUMNS = [("name", "LOCK"), ("owner", "OWNER"), ("fence", "FENCE"), ("expi
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-def default_owner() -> str:
-    """Who `pd lock` / `pd unlock` act as when --owner is not given: stable across invocations."""
-    agent = os.environ.get("PORT_DADDY_AGENT")
-    if agent:
-        return agent
+def default_owner() -> tuple[str, str | None]:
+    """Who `pd lock` / `pd unlock` act as without --owner, and the agent behind it.
+
+    This terminal's agent (`pd begin` or $PORT_DADDY_AGENT), so the reaper frees the lock if
+    that agent dies; else user@host:SID, SID being this terminal's session id: stable across
+    the commands typed in one terminal (and a script's commands), but two terminals are two
+    owners, so they exclude each other as a lock should."""
+    here = ctxmod.load(options().config.home)
+    if here.agent_id:
+        return here.agent_id, here.agent_id
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    sid, _start = ctxmod.terminal_key()
+    return f"{user}@{socket.gethostname()}:{sid}", None
 
 
 def when(ms: int | None) -> str:
@@ -48,30 +55,31 @@ def _held(r: dict) -> str:
 @click.argument("name")
 @click.option("--ttl", help="Hold for this long (30s, 5m, 1h); default from the daemon (lock_ttl_default_ms).")
 @click.option("--wait", help="Wait this long for the lock to free (30s); default: fail at once if held.")
-@click.option("--owner", help="Hold it as this owner (default: $PORT_DADDY_AGENT or user@host).")
+@click.option("--owner", help="Hold it as this owner (default: this terminal's agent, else user@host:SESSION-ID "
+                                "of this terminal).")
 @click.option("--extend", is_flag=True, help="Extend a lock you hold by --ttl instead of acquiring it.")
 @output_options
 def lock(name: str, ttl: str | None, wait: str | None, owner: str | None, extend: bool) -> None:
     """Acquire lock NAME (or renew it if you hold it). `-q` prints only the fence."""
-    who = owner or default_owner()
+    who, agent = (owner, None) if owner else default_owner()
     # Always send a TTL: a CLI lock must outlive this process (0 means the daemon's default).
     ttl_ms = duration_ms(ttl) or 0
     if extend:
         result = call("lock.extend", name=name, owner=who, ttl=ttl_ms)
         output(result, lambda r: f"{name}: extended until {when(r['expiresAt'])} (fence {r['fence']})", quiet=result["fence"])
         return
-    result = call("lock.acquire", name=name, owner=who, ttl=ttl_ms, wait=duration_ms(wait))
+    result = call("lock.acquire", name=name, owner=who, ttl=ttl_ms, wait=duration_ms(wait), agentId=agent)
     output(result, lambda r: f"{'renewed' if r['renewed'] else 'acquired'} {_held(r)}", quiet=result["fence"])
 
 
 @click.command()
 @click.argument("name")
-@click.option("--owner", help="Release as this owner (default: $PORT_DADDY_AGENT or user@host).")
+@click.option("--owner", help="Release as this owner (default: the same as pd lock's).")
 @click.option("--force", is_flag=True, help="Release even if someone else holds it.")
 @output_options
 def unlock(name: str, owner: str | None, force: bool) -> None:
     """Release lock NAME."""
-    result = call("lock.release", name=name, owner=owner or default_owner(), force=force or None)
+    result = call("lock.release", name=name, owner=owner or default_owner()[0], force=force or None)
     output(result, lambda r: f"released {name}" if r["released"] else f"{name} was not held",
            quiet=str(result["released"]).lower())
 

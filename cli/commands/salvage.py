@@ -58,7 +58,7 @@ def salvage_claim(agent_id: str, claimed_by: str | None) -> None:
     """Take over AGENT_ID's work; your session inherits its file claims."""
     me = _me(claimed_by)
     if not me:
-        fail('no agent in this terminal: run pd begin "..." first, or pass --as AGENT', 2)
+        fail('no agent in this terminal: run pd begin "..." first, or pass --as AGENT')
     result = call("salvage.claim", agentId=agent_id, claimedBy=me)
     here = ctxmod.load(options().config.home)
     if here.agent_id == me and here.session_id != result["sessionId"]:

@@ -17,17 +17,13 @@ from typing import Any
 import click
 
 from cli import context as ctxmod
-from cli.common import call, duration_ms, fail, options, output, output_options, table
+from cli.common import call, duration_ms, fail, one_line, options, output, output_options, table, when
 from pdcore.choices import NOTE_TYPES
 from pdcore.choices import SESSION_PHASES as PHASES
 from pdcore.client import Client
 from pdcore.errors import OpError
 
 GUARD_MARK = "# installed by: pd guard install"
-
-
-def when(ms: int | None) -> str:
-    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def span(ms: int | None) -> str:
@@ -46,10 +42,18 @@ def current() -> ctxmod.TerminalContext:
 
 
 def need_session(session: str | None) -> str:
-    """The session to act on: --session, else this terminal's, else a usage error."""
-    sid = session or current().session_id
+    """The session to act on: --session, else this terminal's, else the active session of this
+    terminal's agent (PORT_DADDY_AGENT alone), else an error (exit 1: a state, not a usage, problem)."""
+    here = current()
+    sid = session or here.session_id
+    if not sid and here.agent_id:
+        found = call("session.list", status="active", agentId=here.agent_id, limit=1)["sessions"]
+        sid = found[0]["id"] if found else None
+        if not sid:
+            fail(f"agent {here.agent_id} has no active session; run `pd begin \"what you are doing\"` "
+                 "or pass --session")
     if not sid:
-        fail('no current session in this terminal; run `pd begin "what you are doing"` or pass --session', 2)
+        fail('no current session in this terminal; run `pd begin "what you are doing"` or pass --session')
     return sid
 
 
@@ -153,7 +157,7 @@ def done(note_arg: str | None, note: str | None, abandon: bool, keep_agent: bool
     here = current()
     agent_id, session_id = agent or here.agent_id, session or here.session_id
     if not agent_id and not session_id:
-        fail("no current agent or session in this terminal; pass --agent or --session", 2)
+        fail("no current agent or session in this terminal; pass --agent or --session")
     text = note_arg if note_arg is not None else note
     if text == "-":
         text = sys.stdin.read()
@@ -439,18 +443,20 @@ def sitrep(project: str | None, since: str | None, limit: int) -> None:
         lines = [f"agents: {a['alive']} alive, {a['stale']} stale, {a['dead']} dead"
                  + (f"  (project {r['project']})" if r.get("project") else ""),
                  f"active sessions ({r['activeSessionCount']}):"]
-        lines += [f"  {s['id']} {s['agentId'] or '-'} [{s['phase']}] {s['purpose']}" for s in r["activeSessions"]] \
-            or ["  (none)"]
+        lines += [f"  {s['id']} {s['agentId'] or '-'} [{s['phase']}] {one_line(s['purpose'])}"
+                  for s in r["activeSessions"]] or ["  (none)"]
         lines.append("recent notes:")
-        lines += [f"  [{when(n['createdAt'])}] {n['agentId'] or '-'} {n['type']}: {n['content']}"
+        lines += [f"  [{when(n['createdAt'])}] {n['agentId'] or '-'} {n['type']}: {one_line(n['content'])}"
                   for n in r["recentNotes"]] or ["  (none)"]
         lines.append("dead agents:")
-        lines += [f"  {d['id']} died {when(d['diedAt'])} ({d['deadReason']})" for d in r["deadAgents"]] or ["  (none)"]
-        lines.append(f"salvage ({r['salvageCount']} pending):")
-        lines += [f"  {e['agentId']}: {e['purpose']!r} -> pd salvage claim {e['agentId']}" for e in r["salvage"]] \
+        lines += [f"  {d['id']} died {when(d['diedAt'])} ({one_line(d['deadReason'])})" for d in r["deadAgents"]] \
             or ["  (none)"]
+        lines.append(f"salvage ({r['salvageCount']} pending):")
+        lines += [f"  {e['agentId']}: {one_line(e['purpose'])!r} -> pd salvage claim {e['agentId']}"
+                  for e in r["salvage"]] or ["  (none)"]
         lines.append("file conflicts:")
-        lines += [f"  {' vs '.join(c['paths'])} ({' / '.join(c['sessions'])})" for c in r["conflicts"]] or ["  (none)"]
+        lines += [f"  {one_line(' vs '.join(c['paths']))} ({' / '.join(c['sessions'])})" for c in r["conflicts"]] \
+            or ["  (none)"]
         return "\n".join(lines)
 
     output(result, human, quiet=result["salvageCount"])

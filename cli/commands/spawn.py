@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -29,12 +30,28 @@ def _rows(agents: list[dict]) -> list[dict]:
 
 
 class SpawnGroup(click.Group):
-    """`pd spawn TASK` runs the hidden default command; `pd spawn kill|logs ...` the others."""
+    """`pd spawn TASK` runs the hidden default command; `pd spawn kill|logs ...` the others.
+
+    The default command's options are shown in the group's own help (and docs/cli.md) through
+    copies that take no value: the group never parses them, since any argument that is not a
+    subcommand or -h/--help sends the whole command line to the default command.
+    """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["_start", *args]
         return super().parse_args(ctx, args)
+
+    def show_options_of(self, cmd: click.Command) -> None:
+        """List `cmd`'s options in this group's --help, as if they were its own."""
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                shown = copy.copy(param)
+                shown.expose_value = False
+                self.params.append(shown)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_usage(ctx.command_path, "[OPTIONS] TASK... | COMMAND [ARGS]...")
 
 
 class _TaskCommand(click.Command):
@@ -82,6 +99,9 @@ def start(task: tuple[str, ...], backend: str, model: str | None, identity: str 
                   env=env or None, files=list(files) or None, agentId=agent_id)
     output(result, lambda r: f"{r['message']}\nwatch it: pd spawned; its output: pd spawn logs {r['agentId']}",
            quiet=result["agentId"])
+
+
+spawn.show_options_of(start)
 
 
 @spawn.command("kill")

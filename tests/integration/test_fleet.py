@@ -356,6 +356,16 @@ def test_spawn_runs_a_task_lists_it_and_kills_one(daemon, tmp_path, fleet_runner
     assert status == 409 and again["code"] == "invalid_state"
 
 
+def test_spawn_help_lists_the_options_of_pd_spawn_task(daemon):
+    for args in (("spawn", "--help"), ("help", "spawn")):
+        res = daemon.pd(*args)
+        assert res.returncode == 0, res.stderr
+        for option in ("--backend", "--model", "--identity", "--purpose", "--cwd", "--timeout", "--env", "--file",
+                       "--agent-id", "kill", "logs"):
+            assert option in res.stdout, (args, option, res.stdout)
+        assert "TASK" in res.stdout.splitlines()[0]
+
+
 @pytest.mark.parametrize("body,field", [
     ({"backend": "claud", "task": "x"}, "backend"),
     ({"backend": "ollama", "task": "x"}, "model"),

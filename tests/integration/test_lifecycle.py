@@ -187,3 +187,17 @@ def test_a_second_supervisor_is_refused_while_the_first_holds_the_lock():
         assert d.pd("status").returncode == 0
     finally:
         d.stop()
+
+
+def test_activity_prints_local_times_and_json_keeps_epoch_ms(daemon):
+    import json
+    import re
+
+    daemon.client().call("port.claim", id=f"acttime-{os.getpid()}:api")
+    text = daemon.pd("activity", "--limit", "5")
+    assert text.returncode == 0, text.stderr
+    rows = text.stdout.splitlines()[1:]
+    assert rows and all(re.search(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\b", row) for row in rows), text.stdout
+    assert not re.search(r"\b\d{13}\b", text.stdout), text.stdout
+    raw = json.loads(daemon.pd("activity", "--limit", "5", "--json").stdout)
+    assert all(isinstance(a["timestamp"], int) and a["timestamp"] > 10**12 for a in raw["activities"])

@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 from pdcore.errors import OpError
+from tests.conftest import REPO
 
 CLIENTS = 64
 ROUNDS = int(os.environ.get("PD_TEST_LOCK_ROUNDS", "500"))  # 64 clients x 500 rounds, as the issue asks (~40 s on 2 cores)
@@ -273,3 +274,35 @@ def test_pd_lock_and_unlock(daemon):
     assert other.returncode == 1 and "held by" in other.stderr
     assert daemon.pd("unlock", name).returncode == 0
     assert _lock_state(daemon, name)["held"] is False
+
+
+def _in_own_terminal(daemon, script: str) -> subprocess.CompletedProcess:
+    """Run `sh -c script` as a new terminal would: a session of its own ($PD is the CLI)."""
+    env = {**daemon.env, "PD": f"{sys.executable} -m cli.main"}
+    env.pop("PORT_DADDY_AGENT", None)
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                          start_new_session=True, cwd=str(REPO))
+
+
+def test_pd_lock_without_owner_is_one_owner_per_terminal(daemon):
+    name = unique("term")
+    first = _in_own_terminal(daemon, f'$PD lock {name} -q && $PD lock {name} -q')  # typed twice in one terminal
+    assert first.returncode == 0, first.stderr
+    fences = first.stdout.split()
+    assert len(fences) == 2 and fences[0] == fences[1]  # the second renewed the first: same owner
+    other = _in_own_terminal(daemon, f"$PD lock {name}")  # another terminal, same user and host
+    assert other.returncode == 1 and "held by" in other.stderr
+    held = _lock_state(daemon, name)
+    assert held["owner"].rsplit(":", 1)[1].isdigit() and held["agentId"] is None
+    released = _in_own_terminal(daemon, f"$PD lock {name}2 -q && $PD unlock {name}2")  # unlock in the same terminal
+    assert released.returncode == 0, released.stderr
+    assert _lock_state(daemon, f"{name}2")["held"] is False
+
+
+def test_pd_lock_in_an_agents_terminal_is_that_agents(daemon):
+    name = unique("agent-lock")
+    agent = daemon.client().agent_register(id=unique("locker"))["agent"]["id"]
+    out = daemon.pd("lock", name, env={"PORT_DADDY_AGENT": agent})
+    assert out.returncode == 0, out.stderr
+    held = _lock_state(daemon, name)
+    assert (held["owner"], held["agentId"]) == (agent, agent)  # the reaper frees it if the agent dies

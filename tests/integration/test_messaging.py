@@ -375,3 +375,30 @@ def test_the_sdk_subscription_counts_what_it_missed(daemon_factory):
     assert sub.next_message(timeout=10)["message"] == {"n": "after"}
     assert sub.dropped == dropped
     sub.close()
+
+
+def test_pd_inbox_after_pd_begin_needs_no_agent(daemon):
+    """The terminal's agent (pd begin) is whose inbox `pd inbox` reads and who `send` is from."""
+    env = {**daemon.env, "PD": f"{sys.executable} -m cli.main"}
+    env.pop("PORT_DADDY_AGENT", None)
+    script = ("$PD begin 'inbox check' -q >/dev/null && "
+              "me=$($PD whoami -j | sed -n 's/.*\"agentId\": \"\\(agent-[^\"]*\\)\".*/\\1/p') && "
+              "$PD inbox send \"$me\" 'note to self' -q >/dev/null && $PD inbox --unread && $PD inbox stats -j")
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                         start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr
+    assert "note to self" in out.stdout
+    stats = json.loads(out.stdout[out.stdout.index("{"):])
+    assert stats["unread"] == 1 and stats["agentId"].startswith("agent-")
+
+
+def test_integration_list_prints_local_times_and_json_keeps_epoch_ms(daemon):
+    import re
+
+    project = unique("intgtime")
+    assert daemon.pd("integration", "ready", f"{project}:api", "up").returncode == 0
+    text = daemon.pd("integration", "list", "--project", project)
+    assert text.returncode == 0 and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", text.stdout), text.stdout
+    assert not re.search(r"\b\d{13}\b", text.stdout), text.stdout
+    raw = json.loads(daemon.pd("integration", "list", "--project", project, "--json").stdout)
+    assert isinstance(raw["signals"][0]["createdAt"], int) and raw["signals"][0]["createdAt"] > 10**12

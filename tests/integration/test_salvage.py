@@ -208,3 +208,10 @@ def test_cli_salvage_and_the_begin_hint(quick_reaper, tmp_path):
     assert res.returncode == 0, res.stderr
     res = d.pd("salvage", "dismiss", dead, env=env, cwd=tmp_path)
     assert res.returncode == 1 and "no salvage entry" in res.stderr
+
+
+def test_salvage_claim_with_no_agent_in_the_terminal_exits_1(quick_reaper, tmp_path):
+    env = {k: v for k, v in quick_reaper.env.items() if k not in ("PORT_DADDY_AGENT", "PORT_DADDY_SESSION")}
+    res = subprocess.run([sys.executable, "-m", "cli.main", "salvage", "claim", unique("gone")], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=30, start_new_session=True)
+    assert res.returncode == 1 and "no agent in this terminal" in res.stderr, (res.returncode, res.stderr)

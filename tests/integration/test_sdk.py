@@ -6,7 +6,10 @@ import asyncio
 import dataclasses
 import uuid
 
+import pytest
+
 from pdcore.client import AsyncClient, Client
+from pdcore.errors import OpError
 
 
 def test_falls_back_from_ipc_to_unix_http_to_tcp(daemon, tmp_path):
@@ -38,3 +41,16 @@ def test_sync_client_reconnects_after_the_core_restarts(fresh_daemon):
     port = c.port_claim(id="sdk:reconnect")["port"]
     fresh_daemon.kill_core()
     assert c.port_claim(id="sdk:reconnect")["port"] == port
+
+
+def test_a_home_without_a_daemon_never_talks_to_another_homes_daemon_over_tcp(daemon, tmp_path):
+    """TCP is the last fallback, and the daemon on that port may serve another home: the client
+    checks which home it serves before sending anything, so nothing lands in the wrong state."""
+    other_home = tmp_path / "other-home"
+    other_home.mkdir(mode=0o700)
+    other = dataclasses.replace(daemon.config, home=other_home, ipc=other_home / "daemon.ipc",
+                                sock=other_home / "daemon.sock", shm_enabled=False)
+    with pytest.raises(OpError) as refused:
+        Client(other, connect_retry_s=0).port_claim(id="wrong-home:api:main")
+    assert refused.value.code == "unavailable" and "serves another home" in refused.value.message
+    assert daemon.client().port_list(pattern="wrong-home:*")["count"] == 0  # nothing landed there

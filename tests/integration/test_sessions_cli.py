@@ -130,6 +130,53 @@ def test_env_vars_override_the_terminal_context(daemon, tmp_path):
     assert [n["content"] for n in notes] == ["via env"]
 
 
+def pd_in_a_new_terminal(daemon, *args: str, env: dict | None = None, cwd: Path | None = None):
+    """`pd ARGS` in a terminal of its own (no context file), with only the PORT_DADDY_* overrides in `env`."""
+    full = {k: v for k, v in daemon.env.items() if k not in ("PORT_DADDY_AGENT", "PORT_DADDY_SESSION")}
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env={**full, **(env or {})}, cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=30, start_new_session=True)
+
+
+def test_no_current_session_or_agent_is_a_runtime_error_exit_1_not_usage(daemon):
+    res = pd_in_a_new_terminal(daemon, "session", "files", "claim", "src/x.py")
+    assert res.returncode == 1 and "no current session" in res.stderr, (res.returncode, res.stderr)
+    res = pd_in_a_new_terminal(daemon, "done")
+    assert res.returncode == 1 and "no current agent or session" in res.stderr, (res.returncode, res.stderr)
+    res = pd_in_a_new_terminal(daemon, "agent", "heartbeat")
+    assert res.returncode == 1 and "no agent given" in res.stderr, (res.returncode, res.stderr)
+    lonely = unique("lonely")
+    daemon.client().call("agent.register", id=lonely)
+    res = pd_in_a_new_terminal(daemon, "session", "files", "claim", "src/x.py", env={"PORT_DADDY_AGENT": lonely})
+    assert res.returncode == 1 and f"agent {lonely} has no active session" in res.stderr, res.stderr
+
+
+def test_an_agent_alone_in_the_environment_acts_on_its_active_session(daemon):
+    client = daemon.client()
+    began = client.call("sugar.begin", purpose="h3 work", agentId=unique("h3"), identity=unique("h3proj"))
+    env = {"PORT_DADDY_AGENT": began["agentId"]}
+    res = pd_in_a_new_terminal(daemon, "session", "files", "claim", "src/h3.py", env=env)
+    assert res.returncode == 0, res.stderr
+    files = client.call("session.get", id=began["sessionId"])["files"]
+    assert [f["path"] for f in files] == ["src/h3.py"]
+    res = pd_in_a_new_terminal(daemon, "--json", "session", "get", env=env)
+    assert res.returncode == 0 and json.loads(res.stdout)["session"]["id"] == began["sessionId"], res.stderr
+
+
+def test_sitrep_cuts_long_note_bodies_to_one_line_but_json_keeps_them(daemon):
+    client = daemon.client()
+    project = unique("sitrep")
+    began = client.call("sugar.begin", purpose="writes a long note", agentId=unique("long"), identity=project)
+    body = "start of the note\n" + "x" * (60 * 1024)
+    client.call("note.add", id=began["sessionId"], content=body)
+    res = daemon.pd("sitrep", "--project", project)
+    assert res.returncode == 0, res.stderr
+    note_lines = [line for line in res.stdout.splitlines() if "start of the note" in line]
+    assert len(note_lines) == 1 and note_lines[0].endswith("...") and len(note_lines[0]) < 300, note_lines
+    assert max(len(line) for line in res.stdout.splitlines()) < 300
+    full = json.loads(daemon.pd("sitrep", "--project", project, "--json").stdout)
+    assert [n["content"] for n in full["recentNotes"]] == [body]
+
+
 def test_note_text_never_appears_in_the_database_or_its_wal(daemon, tmp_path):
     marker = f"SECRET-{uuid.uuid4().hex}"
     began = daemon.client().call("sugar.begin", purpose="secrets", agentId=unique("sec"))

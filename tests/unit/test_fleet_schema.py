@@ -126,6 +126,16 @@ def test_watchers_run_a_command_per_message(tmp_path):
     assert (watcher.kind, watcher.backend, watcher.trigger.channel) == ("watcher", "custom", "qa:done")
 
 
+def test_a_watchers_only_fleet_is_not_warned_about_doing_nothing(tmp_path):
+    spec, problems = check(tmp_path, {"name": "demo",
+                                      "watchers": {"log": {"trigger": "qa:done", "exec": "echo {message}"}}})
+    assert errors(problems) == {} and list(spec.watchers) == ["log"]
+    assert [p for p in problems if p.level == "warning" and p.key == "agents"] == []
+    _, problems = check(tmp_path / "b", {"name": "demo"})
+    assert [p.message for p in problems if p.level == "warning" and p.key == "agents"] == \
+        ["no agents or watchers are declared, so the fleet does nothing"]
+
+
 def test_the_file_is_the_first_of_the_known_names(tmp_path):
     folder = project(tmp_path)
     assert find_fleet_file(folder) is None

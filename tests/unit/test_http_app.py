@@ -550,3 +550,11 @@ def test_gunicorn_settings_bind_the_socket_and_loopback_only():
     assert settings["errorlog"] == "/tmp/pd-x/daemon.log"
     assert 0o777 & ~SOCKET_UMASK == 0o600
     assert gunicorn_settings(Config(home="/tmp/pd-x", no_tcp=True))["bind"] == ["unix:/tmp/pd-x/daemon.sock"]
+
+
+def test_every_reply_names_the_home_it_serves(client: testing.TestClient):
+    from pdcore.config import HOME_HEADER, home_tag
+
+    for path in ("/health", "/no/such/route"):
+        resp = client.simulate_get(path, headers=LOCAL)
+        assert resp.headers.get(HOME_HEADER.lower()) == home_tag("/nonexistent-pd-home")

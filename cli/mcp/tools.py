@@ -202,7 +202,8 @@ MAGIC: tuple[Magic | Composite, ...] = (
     Magic("file_heat", ("pheromone.files",),
           "to see which files and folders agents are fighting over before you edit them."),
     Magic("talk_to_agent", ("inbox.send",),
-          "to send a direct message to one agent (kept in its inbox until cleared); use messaging for "
+          "to send a direct message to one agent (kept in its inbox until cleared); a fleet agent may be "
+          "named bare (qa for myapp:fleet:qa): the reply's agentId says who got it. Use messaging for "
           "broadcasts.",
           renames={"id": "agent_id"}, hide=("message",), require=("content",), fill=("from",)),
     Magic("claim_port", ("port.claim",),

@@ -33,7 +33,7 @@ OPS = (
            _PID,
        ),
        reply={"agentId": "str", "lastHeartbeat": "int", "status": "str"},
-       fire_and_forget=True, errors=("missing_field", "invalid_name", "invalid_argument"),
+       fire_and_forget=True, actor="id", errors=("missing_field", "invalid_name", "invalid_argument"),
        routes=(Route("POST", "/agents/{id}/heartbeat"),), cli=("agent heartbeat",)),
     Op("agent.unregister", "agents.unregister", "Forget an agent that leaves cleanly (nothing goes to salvage).",
        args=(Arg("id", "name", required=True, where="path"),),

@@ -3,18 +3,21 @@
 from pdcore.ops.schema import Arg, Op, Route
 
 _AGENT = Arg("id", "name", required=True, where="path", doc="the agent whose inbox it is")
+_RECIPIENT = Arg("id", "name", required=True, where="path",
+                 doc="the agent whose inbox it is; a bare fleet agent name (qa) reaches the one registered "
+                     "or declared fleet agent of that name (myapp:fleet:qa)")
 
 OPS = (
     Op("inbox.send", "inbox.send", "Send a direct message to an agent's inbox (kept until cleared).",
        args=(
-           _AGENT,
+           _RECIPIENT,
            Arg("content", "any", doc="text or any JSON value"),
            Arg("message", "any", doc="alias of content"),
            Arg("from", "str", max_len=200, doc="sender (defaults to the caller's agentId)"),
            Arg("type", "str", max_len=64, doc="message kind, e.g. message, request, handoff"),
        ),
-       reply={"messageId": "int", "agentId": "str", "message": "str"},
-       durable=True, errors=("missing_field", "too_large"),
+       reply={"messageId": "int", "agentId": "str", "message": "str", "resolvedFrom": "str", "warning": "str"},
+       durable=True, actor="from", errors=("missing_field", "too_large", "conflict"),
        routes=(Route("POST", "/agents/{id}/inbox"),), cli=("inbox send",)),
     Op("inbox.list", "inbox.list", "An agent's inbox, newest first.",
        args=(

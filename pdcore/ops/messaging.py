@@ -19,7 +19,7 @@ OPS = (
            Arg("expires", "int", min=1, max=7 * 86400 * 1000, doc="ms until the message leaves history"),
        ),
        reply={"id": "int", "channel": "str", "message": "str"},
-       fire_and_forget=True, errors=("missing_field", "invalid_name", "too_large"),
+       fire_and_forget=True, actor="sender", errors=("missing_field", "invalid_name", "too_large"),
        routes=(Route("POST", "/msg/{channel}"),), cli=("pub",)),
     Op("msg.history", "channels.history", "Recent messages of a channel (or pattern), oldest first.",
        args=(

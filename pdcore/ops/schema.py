@@ -109,6 +109,14 @@ class Op:
     cli: tuple[str, ...] = ()  # CLI command paths, e.g. ("claim",) or ("session files claim",)
     parks: bool = False  # may wait in the core (wait/long-poll)
     internal: bool = False  # reachable over IPC only by design (documented why)
+    # The argument naming the acting agent besides the caller's agentId (a lock's owner, a
+    # tuple's writtenBy, a message's sender): the handler attributes the act to it, so the
+    # arbiter's overboard gate (strict mode) judges it too.
+    actor: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.actor is not None and all(a.name != self.actor for a in self.args):
+            raise ValueError(f"{self.name}: actor {self.actor!r} is not one of its arguments")
 
     @property
     def method_name(self) -> str:

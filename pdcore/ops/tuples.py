@@ -21,7 +21,7 @@ OPS = (
            Arg("ttl", "int", min=1, max=10 * 365 * 86400 * 1000, doc="alias of ttlMs"),
            _AGENT,
        ),
-       reply={"tuple": "dict"}, durable=True, errors=(*_ERRORS, "missing_field", "too_large"),
+       reply={"tuple": "dict"}, durable=True, actor="writtenBy", errors=(*_ERRORS, "missing_field", "too_large"),
        routes=(Route("POST", "/tuples"),), cli=("tuple out",)),
     Op("tuple.rd", "tuples.rd", "Read tuples matching a pattern, oldest first, without removing them.",
        args=(

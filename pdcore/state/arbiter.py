@@ -16,7 +16,8 @@ Recording is deferred to a zero-delay core timer: a check often runs inside an o
 is then refused, and that operation's savepoint is rolled back, which must not erase the record.
 
 Strict mode (`arbiter_strict`): a critical violation with a known offender throws it overboard.
-At once its further writes are refused (`check_writes`, called by the core before every op);
+At once its further writes are refused (`check_writes`, called by the core before every op while
+anyone is overboard; the writer is the caller or the agent the op's `actor` argument names);
 then, outside the failed operation, the agent is marked dead ("man overboard"), so the reaper's
 path moves its active session to salvage and frees its locks. It is back on board when it
 registers again (the agent reads as registered and not dead).
@@ -48,8 +49,9 @@ RULES: dict[str, tuple[int, str, str]] = {
 
 # Operations an overboard agent may still run: the ways back on board.
 WRITE_EXEMPT = frozenset({"agent.register", "sugar.begin"})
-# Not durable, yet refused for an overboard agent: a heartbeat would quietly re-register it.
-ALSO_REFUSED = frozenset({"agent.heartbeat", "heartbeat"})
+# Not durable, yet writes refused for an overboard agent: a heartbeat would quietly re-register
+# it; a publish, a channel's clearing and a pheromone spray change what other agents see.
+ALSO_REFUSED = frozenset({"agent.heartbeat", "heartbeat", "msg.publish", "msg.clear", "pheromone.spray"})
 
 
 class Overboard:
@@ -186,36 +188,44 @@ class Arbiter(Primitive):
         self.root.publish(CHANNEL, {"event": "arbiter.man_overboard", "agentId": entry.agent_id,
                                     "rule": entry.rule, "violationId": entry.violation_id}, None, ctx.now)
 
-    def _refuse_overboard(self, agent_id: str, rule: str) -> OpError:
+    def _refuse_overboard(self, agent_id: str, rule: str, field: str = "agentId") -> OpError:
         return OpError("agent_overboard",
                        f"the arbiter (strict mode) threw agent {agent_id} overboard for {rule}: its session goes to "
                        "salvage and its writes are refused until it registers again (POST /agents or pd begin)",
-                       "agentId", agentId=agent_id, rule=rule)
+                       field, agentId=agent_id, rule=rule)
 
     # -- the write gate (the core calls this before every operation) -----------------------
     def check_writes(self, ctx: Ctx, op: Any = None, args: dict | None = None) -> None:
         """Refuse a write by an agent thrown overboard, until it registers again.
 
         `op` is the catalogue entry (its `name` and `durable` decide), `args` the call's raw
-        arguments: a heartbeat names its agent in `id`.
+        arguments. The acting agents are the caller (`ctx.agent_id`) and the agent the op's
+        `actor` argument names (a lock's `owner`, a tuple's `writtenBy`, a message's `sender`, a
+        heartbeat's `id`): the handler attributes the write to that one, so naming yourself
+        there instead of in agentId does not get an overboard agent past the gate.
         """
         if not self.overboard:
             return
         name = getattr(op, "name", op)
-        actor = ctx.agent_id
-        if args and name in ALSO_REFUSED:
-            actor = actor or args.get("id") or args.get("agentId")
-        if actor is None:
-            return
-        entry = self.overboard.get(actor)
-        if entry is None or name in WRITE_EXEMPT:
+        if name in WRITE_EXEMPT:
             return
         if op is not None and not getattr(op, "durable", True) and name not in ALSO_REFUSED:
+            return
+        self._check_actor(ctx, ctx.agent_id)
+        field = getattr(op, "actor", None)
+        if field is not None and args:
+            named = args.get(field)
+            if named.__class__ is str and named != ctx.agent_id:
+                self._check_actor(ctx, named, field)
+
+    def _check_actor(self, ctx: Ctx, actor: str | None, field: str = "agentId") -> None:
+        entry = self.overboard.get(actor) if actor.__class__ is str else None
+        if entry is None:
             return
         if entry.applied and self._registered_again(actor):
             self._back_on_board(ctx, entry)
             return
-        raise self._refuse_overboard(actor, entry.rule)
+        raise self._refuse_overboard(actor, entry.rule, field)
 
     def _registered_again(self, agent_id: str) -> bool:
         agents = getattr(self.root, "agents", None)

@@ -4,6 +4,11 @@ Unlike channels, an inbox message is kept until it is cleared (or pushed out by 
 bound `inbox_max_per_agent`, oldest first). Messages live in SQLite and are paged from it with
 an index; the core keeps no inbox in memory. Each new message is also announced (without its
 content) on the channel `pd:inbox:<agentId>`, so an agent can `pd watch` its inbox.
+
+A fleet agent's id is its identity, `<fleet>:fleet:<agent>` by default, but people (and the MCP
+tool `talk_to_agent`) call it by its bare name, `qa`. So a send to an id that names no registered
+agent and has no `:` looks for the one fleet agent of that name and delivers there; several are
+refused with the list (give the full id); none delivers to the id as given, with a warning.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Inbox(Primitive):
         if len(text) > self.config.message_max_bytes:
             raise OpError("too_large", f"content is {len(text)} bytes; the limit is {self.config.message_max_bytes} "
                                        "(message_max_bytes)", "content")
+        id, resolved = self._recipient(id)
         from_agent = sender.get("from") or ctx.agent_id
         cur = self.store.write(
             "INSERT INTO inbox_messages (agent_id, from_agent, content, content_type, type, created_at) "
@@ -70,7 +76,43 @@ class Inbox(Primitive):
         self.root.activity.record(ctx, "inbox.send", id, actor=from_agent, messageId=message_id)
         self.root.publish(inbox_channel(id), {"messageId": message_id, "from": from_agent, "type": type or "message"},
                           from_agent, ctx.now)
-        return {"messageId": message_id, "agentId": id, "message": f"delivered to {id}"}
+        return {"messageId": message_id, "agentId": id, "message": f"delivered to {id}", **resolved}
+
+    def _recipient(self, id: str) -> tuple[str, dict]:
+        """The inbox to deliver to, and what to add to the reply (how a bare fleet name resolved, or a warning)."""
+        agents = getattr(self.root, "agents", None)
+        if agents is None or agents.get_agent(id) is not None:
+            return id, {}
+        found = self.fleet_agents(id) if ":" not in id else []
+        if len(found) > 1:
+            raise OpError("conflict", f"no agent {id} is registered and {len(found)} fleet agents are named {id}: "
+                                      f"{', '.join(found)}; send to one of these full ids", "id", candidates=found)
+        if found:
+            return found[0], {"resolvedFrom": id,
+                              "message": f"delivered to {found[0]} (the fleet agent named {id})"}
+        return id, {"warning": f"no agent {id} is registered (nor a fleet agent of that name): the message waits "
+                               f"in inbox {id} until an agent with that id reads it"}
+
+    def fleet_agents(self, name: str) -> list[str]:
+        """The ids of the fleet agents called `name`, sorted: registered live agents first, else declared ones.
+
+        A fleet agent's id is `<fleet>:fleet:<name>` (or its `identity:` template, as the running
+        fleet declares it). Declared agents of a running fleet count when none is registered and
+        alive: between runs the agent is unregistered, and its next run reads the same inbox.
+        """
+        agents = self.root.agents
+        suffix = f":fleet:{name}"
+        declared: set[str] = set()
+        spawn = getattr(self.root, "spawn", None)
+        for live in list(getattr(spawn, "live", {}).values()):
+            for spec in live.agents or ():
+                if isinstance(spec, dict) and spec.get("name") == name and isinstance(spec.get("identity"), str):
+                    declared.add(spec["identity"])
+        live_ids, dead_ids = set(), set()
+        for agent in agents.by_id.values():
+            if agent.id.endswith(suffix) or agent.id in declared:
+                (dead_ids if agent.dead_at is not None else live_ids).add(agent.id)
+        return sorted(live_ids or (declared | dead_ids))
 
     def list(self, ctx: Ctx, id: str, unread: bool | None = False, limit: int = 50, since: int | None = None,
              before: int | None = None) -> dict:

@@ -114,15 +114,34 @@ def address_refusal(address: str) -> str | None:
     return None
 
 
+def numeric_ipv4(host: str) -> str | None:
+    """The dotted form of a numeric IPv4 host the resolver reads without DNS, else None.
+
+    `127.1`, `2130706433`, `0x7f000001` and `0177.0.0.1` are all 127.0.0.1 to getaddrinfo
+    (inet_aton's classic forms: 1-4 parts, decimal, octal or hex), so registration must judge
+    them as that address, not as a name left for delivery.
+    """
+    if not host or not all(c in "0123456789abcdefx." for c in host):
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
 def host_refusal(host: str) -> str | None:
-    """The check possible without DNS (at registration): IP literals and local names."""
+    """The check possible without DNS (at registration): IP literals (any numeric IPv4 form) and local names."""
     host = host.lower().rstrip(".")
     if host in _LOCAL_NAMES or host.endswith(".localhost"):
         return "a local name"
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return None
+        dotted = numeric_ipv4(host)
+        if dotted is None:
+            return None
+        why = address_refusal(dotted)
+        return f"which is {dotted}, {why}" if why else None
     return address_refusal(host.strip("[]"))
 
 

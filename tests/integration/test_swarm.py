@@ -190,6 +190,11 @@ def test_strict_mode_refuses_writes_of_an_overboard_agent(daemon_factory):
     d.http("POST", "/harbors/strict:fleet/enter", {"agentId": "greedy", "capabilities": ["deploy"]})
     status, body = d.http("POST", "/tuples", {"fields": ["x"], "agentId": "greedy"})
     assert (status, body["code"]) == (403, "agent_overboard")
+    for path, body in (("/locks/strict-lock", {"owner": "greedy"}), ("/tuples", {"fields": ["x"], "writtenBy": "greedy"}),
+                       ("/msg/strict-chan", {"payload": "hi", "sender": "greedy"}),
+                       ("/agents/someone/inbox", {"content": "hi", "from": "greedy"})):
+        status, reply = d.http("POST", path, body)  # naming itself in the op's own actor field changes nothing
+        assert (status, reply["code"]) == (403, "agent_overboard"), path
     c.call("agent.register", id="greedy")
     status, body = d.http("POST", "/tuples", {"fields": ["x"], "agentId": "greedy"})
     assert status == 200

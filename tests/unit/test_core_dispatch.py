@@ -63,3 +63,41 @@ def test_only_valid_scalar_fire_and_forget_payloads_are_cached(core):
     conn.data_received(bad + nested + not_ff)
     assert c._ff_cache == {}
     assert c.stats["errors"] == 1 and c.stats["ff_dropped"] == 1
+
+
+def test_an_overboard_agent_naming_itself_in_an_actor_field_is_refused(tmp_path):
+    """SPEC §12 strict mode: `{"owner": "bad1"}` is as much bad1's write as `{"agentId": "bad1"}`."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    c = Core(load_config(tmp_path, ipc_rate_limit=0, arbiter_strict=True))
+    try:
+        c.state.load()
+        conn = Connection(c, True)
+        conn.connection_made(FakeTransport())
+        from pdcore.state.base import Ctx
+        ctx = Ctx(c.state.clock(), source="internal")
+        c.state.agents.register(ctx, id="bad1")
+        c.state.arbiter.record(ctx, "PID_SQUATTING", "squatted", "bad1", "app:api")
+        c.state.arbiter.flush()
+        assert c.state.arbiter.is_overboard("bad1")
+        calls = [
+            {"action": "lock.acquire", "name": "l", "owner": "bad1"},
+            {"action": "tuple.out", "fields": ["x"], "writtenBy": "bad1"},
+            {"action": "msg.publish", "channel": "c", "payload": "hi", "sender": "bad1"},
+            {"action": "inbox.send", "id": "qa", "content": "hi", "from": "bad1"},
+        ]
+        conn.data_received(b"".join(P.encode(P.REQUEST, i + 1, call) for i, call in enumerate(calls)))
+        replies = [item for frame in conn.out for item in P.FrameDecoder().feed(frame)]
+        assert [(t, conv) for t, conv, _ in replies] == [(P.REFUSE, i + 1) for i in range(len(calls))]
+        assert {P.unpack_payload(body)["code"] for _, _, body in replies} == {"agent_overboard"}
+        assert "l" not in c.state.locks.locks and not c.state.tuples.by_id
+        assert c.state.channels.history(ctx, "c")["messages"] == []
+        conn.out.clear()
+        conn.data_received(P.encode(P.REQUEST, 9, {"action": "agent.register", "id": "bad1"})
+                           + P.encode(P.REQUEST, 10, calls[0]))  # registering again brings it back on board
+        assert [t for frame in conn.out for t, _, _ in P.FrameDecoder().feed(frame)] == [P.INFORM_DONE] * 2
+        assert c.state.locks.locks["l"].owner == "bad1"
+    finally:
+        c.store.close()
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -6,6 +6,8 @@ import os
 import pytest
 
 from pdcore.errors import OpError
+from pdcore.ops.catalogue import CATALOGUE
+from pdcore.ops.schema import Arg, Op
 
 
 def violations(h, **kw):
@@ -243,7 +245,7 @@ def test_strict_mode_throws_the_offender_overboard_until_it_registers_again(make
     assert agent.dead_at is not None and "man overboard" in agent.dead_reason
     if hasattr(st, "salvage"):
         assert st.sessions.active_for_agent("squatter") is None
-    heartbeat = type("Op", (), {"name": "heartbeat", "durable": False})()
+    heartbeat = CATALOGUE["heartbeat"]
     with pytest.raises(OpError):
         st.arbiter.check_writes(h.ctx("squatter"), heartbeat)
     with pytest.raises(OpError):  # a heartbeat naming the agent in `id` would re-register it silently
@@ -278,3 +280,83 @@ def test_non_critical_violations_never_go_overboard_in_strict_mode(make_harness)
     h.state.arbiter.check_lock_release(h.ctx("b"), "l", "b", "a")
     h.advance(0)
     assert not h.state.arbiter.is_overboard("b")
+
+
+# -- strict mode: the acting agent named in the op's own actor field -------------------------
+def throw_overboard(h, agent_id="bad1"):
+    """Make `agent_id` squat a live agent's pid in strict mode, and run the man-overboard step."""
+    register(h, "owner", pid=os.getpid())
+    register(h, agent_id)
+    with pytest.raises(OpError):
+        h.state.arbiter.check_claim_pid(h.ctx(agent_id), os.getpid(), identity="app:api")
+    h.advance(0)
+    assert h.state.arbiter.is_overboard(agent_id)
+
+
+ACTOR_WRITES = [
+    ("lock.acquire", {"name": "l", "owner": "bad1"}, "owner"),
+    ("lock.extend", {"name": "l", "owner": "bad1"}, "owner"),
+    ("lock.release", {"name": "l", "owner": "bad1"}, "owner"),
+    ("tuple.out", {"fields": ["x"], "writtenBy": "bad1"}, "writtenBy"),
+    ("msg.publish", {"channel": "c", "payload": "hi", "sender": "bad1"}, "sender"),
+    ("inbox.send", {"id": "someone", "content": "hi", "from": "bad1"}, "from"),
+    ("salvage.claim", {"agentId": "dead-one", "claimedBy": "bad1"}, "claimedBy"),
+    ("salvage.complete", {"agentId": "dead-one", "claimedBy": "bad1"}, "claimedBy"),
+    ("salvage.abandon", {"agentId": "dead-one", "claimedBy": "bad1"}, "claimedBy"),
+    ("heartbeat", {"id": "bad1"}, "id"),
+]
+
+
+@pytest.mark.parametrize(("action", "args", "field"), ACTOR_WRITES, ids=[a for a, _, _ in ACTOR_WRITES])
+def test_overboard_agent_naming_itself_in_the_actor_field_is_refused(make_harness, action, args, field):
+    """SPEC §12: its further writes are refused, whichever field names it (not only agentId)."""
+    h = make_harness(arbiter_strict=True)
+    throw_overboard(h)
+    op = CATALOGUE[action]
+    for ctx in (h.ctx(), h.ctx("owner")):  # anonymous, or another agent's agentId with bad1 as the actor
+        with pytest.raises(OpError) as info:
+            h.state.arbiter.check_writes(ctx, op, {"action": action, **args})
+        assert (info.value.code, info.value.field, info.value.extra["agentId"]) == ("agent_overboard", field, "bad1")
+    h.state.arbiter.check_writes(h.ctx(), op, {"action": action, **args, field: "owner"})  # others write on
+
+
+def test_overboard_agent_in_agentid_of_an_ephemeral_write_is_refused(make_harness):
+    h = make_harness(arbiter_strict=True)
+    throw_overboard(h)
+    for action, args in (("msg.publish", {"channel": "c", "payload": "x"}), ("msg.clear", {"channel": "c"}),
+                         ("pheromone.spray", {"table": "t", "id": "i"})):
+        with pytest.raises(OpError):
+            h.state.arbiter.check_writes(h.ctx("bad1"), CATALOGUE[action], {"action": action, **args})
+    for action in ("lock.get", "tuple.rd", "msg.history"):  # reads are not refused
+        h.state.arbiter.check_writes(h.ctx("bad1"), CATALOGUE[action], {"action": action, "owner": "bad1"})
+
+
+def test_overboard_agent_may_re_register_then_write_through_its_actor_field(make_harness):
+    h = make_harness(arbiter_strict=True)
+    throw_overboard(h)
+    acquire = CATALOGUE["lock.acquire"]
+    payload = {"action": "lock.acquire", "name": "l", "owner": "bad1"}
+    register_op = CATALOGUE["agent.register"]
+    h.state.arbiter.check_writes(h.ctx(), register_op, {"action": "agent.register", "id": "bad1"})
+    h.state.arbiter.check_writes(h.ctx("bad1"), register_op, {"action": "agent.register", "id": "bad1"})
+    with pytest.raises(OpError):
+        h.state.arbiter.check_writes(h.ctx(), acquire, payload)  # not registered again yet
+    register(h, "bad1")
+    h.state.arbiter.check_writes(h.ctx(), acquire, payload)  # back on board
+    assert h.state.arbiter.status(h.ctx())["overboard"] == []
+
+
+def test_actor_field_values_of_any_type_are_left_to_validation(make_harness):
+    h = make_harness(arbiter_strict=True)
+    throw_overboard(h)
+    h.state.arbiter.check_writes(h.ctx(), CATALOGUE["lock.acquire"], {"name": "l", "owner": ["bad1"]})
+    h.state.arbiter.check_writes(h.ctx(), CATALOGUE["tuple.out"], {"fields": ["x"], "writtenBy": {"a": 1}})
+
+
+def test_every_actor_field_is_an_argument_of_its_op():
+    assert {op.name: op.actor for op in CATALOGUE.values() if op.actor} == {
+        "heartbeat": "id", "inbox.send": "from", "lock.acquire": "owner", "lock.extend": "owner",
+        "lock.release": "owner", "msg.publish": "sender", "salvage.abandon": "claimedBy",
+        "salvage.claim": "claimedBy", "salvage.complete": "claimedBy", "tuple.out": "writtenBy"}
+    with pytest.raises(ValueError):
+        Op("x.y", "x.y", "bad", args=(Arg("owner"),), actor="writtenBy")

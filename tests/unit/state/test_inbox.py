@@ -89,3 +89,57 @@ def test_new_message_is_announced_without_its_content(harness):
     channel, delivery = harness.delivered[-1]
     assert channel == inbox_channel("agent-b")
     assert delivery["message"] == {"messageId": mid, "from": "agent-a", "type": "message"}
+
+
+# -- a fleet agent called by its bare name (MCP talk_to_agent "qa") ---------------------------
+def register(h, agent_id):
+    h.state.agents.register(h.ctx(), id=agent_id)
+
+
+def test_a_bare_fleet_agent_name_reaches_the_registered_fleet_agent(harness):
+    register(harness, "myapp:fleet:qa")
+    register(harness, "myapp:fleet:qa-lead")  # a longer name is not a match
+    out = send(harness, to="qa", content="please test #12")
+    assert out["agentId"] == "myapp:fleet:qa" and out["resolvedFrom"] == "qa" and "warning" not in out
+    assert "myapp:fleet:qa" in out["message"] and "qa" in out["message"]
+    assert listing(harness, to="myapp:fleet:qa")["messages"][0]["content"] == "please test #12"
+    assert listing(harness, to="qa")["messages"] == []
+
+
+def test_a_bare_name_of_several_fleet_agents_is_refused_with_the_list(harness):
+    register(harness, "web:fleet:qa")
+    register(harness, "api:fleet:qa")
+    with pytest.raises(OpError) as info:
+        send(harness, to="qa")
+    err = info.value
+    assert (err.code, err.field, err.status) == ("conflict", "id", 409)
+    assert err.extra["candidates"] == ["api:fleet:qa", "web:fleet:qa"]
+    assert "api:fleet:qa" in err.message and "web:fleet:qa" in err.message
+    assert listing(harness, to="qa")["messages"] == [] and listing(harness, to="api:fleet:qa")["messages"] == []
+
+
+def test_an_exact_registered_id_wins_over_fleet_agents(harness):
+    register(harness, "qa")
+    register(harness, "myapp:fleet:qa")
+    out = send(harness, to="qa")
+    assert out["agentId"] == "qa" and "resolvedFrom" not in out and "warning" not in out
+
+
+def test_an_unknown_recipient_still_gets_the_message_with_a_warning(harness):
+    out = send(harness, to="nobody")
+    assert out["agentId"] == "nobody" and "no agent nobody is registered" in out["warning"]
+    assert listing(harness, to="nobody")["count"] == 1
+    out = send(harness, to="other:fleet:nobody")  # a full id is never resolved
+    assert out["agentId"] == "other:fleet:nobody" and "warning" in out
+
+
+def test_a_fleet_agent_between_runs_is_found_from_its_running_fleet(harness):
+    """Between runs the fleet agent is unregistered; the fleet its runner reports still declares it."""
+    harness.state.spawn.fleet_report(harness.ctx(), runner="foreground", runnerPid=4242, name="myapp",
+                                     agents=[{"name": "qa", "identity": "myapp:qa-bot"}, {"name": "dev"}])
+    out = send(harness, to="qa")
+    assert (out["agentId"], out["resolvedFrom"]) == ("myapp:qa-bot", "qa")
+    register(harness, "myapp:fleet:qa")  # a live registered agent comes first
+    register(harness, "dead:fleet:qa")
+    harness.state.agents.mark_dead(harness.ctx(), harness.state.agents.get_agent("dead:fleet:qa"), "test")
+    assert send(harness, to="qa")["agentId"] == "myapp:fleet:qa"

@@ -304,3 +304,33 @@ def test_activity_records_are_events(harness):
     harness.advance(0)
     sent = json.loads(transport.calls[0]["body"])
     assert (sent["event"], sent["target"], sent["data"]["owner"]) == ("lock.acquire", "db", "me")
+
+
+@pytest.mark.parametrize(("url", "dotted"), [
+    ("http://127.1/x", "127.0.0.1"), ("http://2130706433/x", "127.0.0.1"), ("http://0x7f000001/x", "127.0.0.1"),
+    ("http://0177.0.0.1:8080/x", "127.0.0.1"), ("http://127.1./x", "127.0.0.1"), ("http://0X7F.1/x", "127.0.0.1"),
+    ("http://10.1/x", "10.0.0.1"), ("http://3232235777/x", "192.168.1.1"), ("http://2852039166/x", "169.254.169.254"),
+    ("http://0/x", "0.0.0.0"),
+])
+def test_numeric_ipv4_forms_are_judged_as_the_address_they_are(harness, url, dotted):
+    """getaddrinfo reads 127.1, 2130706433 and 0x7f000001 as 127.0.0.1: so must registration."""
+    with pytest.raises(OpError) as err:
+        harness.state.webhooks.register(harness.ctx(), url=url)
+    assert err.value.code == "webhook_target_refused" and err.value.field == "url" and dotted in err.value.message
+    hook = harness.state.webhooks.register(harness.ctx(), url="https://example.com/hook")["id"]
+    with pytest.raises(OpError) as err:
+        harness.state.webhooks.update(harness.ctx(), id=hook, url=url)
+    assert err.value.code == "webhook_target_refused"
+
+
+def test_public_numeric_ipv4_forms_pass_and_names_are_not_resolved(harness, monkeypatch):
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise AssertionError("registration must not resolve DNS names")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(socket, "gethostbyname", no_dns)
+    for url in ("http://134744072/hook", "http://8.8.8.8/hook", "http://8.8.2056/hook", "https://dead.beef.example/x",
+                "https://0x.example.com/x", "https://1e100.net/x"):
+        assert harness.state.webhooks.register(harness.ctx(), url=url)["id"]

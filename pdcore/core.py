@@ -47,12 +47,13 @@ _CALL_TYPES = frozenset({P.REQUEST, P.QUERY_REF, P.QUERY_IF, P.INFORM})
 _FF_CACHE_MAX = 4096
 _FF_CACHE_BODY_MAX = 256
 EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
-CHECKPOINT_EVERY = 1000
+CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 DROPPED_CHANNELS_MAX = 64  # channel names a msg.dropped notice lists
-# Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId}),
-# not the caller: it must not become the caller's identity.
+# Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId},
+# or Op.subject_agent), not the caller: it must not become the caller's identity.
 _AGENT_IS_TARGET = frozenset(
-    op.name for op in CATALOGUE.values() if any(a.name == "agentId" and a.where == "path" for a in op.args))  # commits between WAL checkpoints (run off the core's thread)
+    op.name for op in CATALOGUE.values()
+    if op.subject_agent or any(a.name == "agentId" and a.where == "path" for a in op.args))
 
 
 def _all_scalar(payload: dict) -> bool:

@@ -87,7 +87,8 @@ OPS = (
                                                  "a later runner can tell whether this one is still alive"),
        ),
        reply={"spawn": "dict", "killRequested": "bool"}, durable=True,
-       errors=("missing_field", "invalid_argument", "invalid_state", "invalid_identity"), internal=True),
+       errors=("missing_field", "invalid_argument", "invalid_state", "invalid_identity"), internal=True,
+       subject_agent=True),
     Op("fleet.register", "spawn.fleet_register",
        "Have the daemon run a project's fleet, so it survives the terminal closing.",
        args=(

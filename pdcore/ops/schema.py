@@ -113,6 +113,9 @@ class Op:
     # tuple's writtenBy, a message's sender): the handler attributes the act to it, so the
     # arbiter's overboard gate (strict mode) judges it too.
     actor: str | None = None
+    # Its body's `agentId` names the agent the op is about (a fleet runner reporting a run of
+    # that agent), not the caller: it does not become ctx.agent_id, like an agentId path field.
+    subject_agent: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -97,6 +98,16 @@ def test_an_overboard_agent_naming_itself_in_an_actor_field_is_refused(tmp_path)
                            + P.encode(P.REQUEST, 10, calls[0]))  # registering again brings it back on board
         assert [t for frame in conn.out for t, _, _ in P.FrameDecoder().feed(frame)] == [P.INFORM_DONE] * 2
         assert c.state.locks.locks["l"].owner == "bad1"
+        # A fleet runner's report about a run of an overboard agent is not that agent's write.
+        c.state.arbiter.record(ctx, "PID_SQUATTING", "squatted again", "bad1", "app:api")
+        c.state.arbiter.flush()
+        assert c.state.arbiter.is_overboard("bad1")
+        conn.out.clear()
+        report = {"action": "spawn.report", "id": "run-1", "state": "running", "agentId": "bad1",
+                  "backend": "custom", "runnerPid": os.getpid()}
+        conn.data_received(P.encode(P.REQUEST, 11, report))
+        replies = [item for frame in conn.out for item in P.FrameDecoder().feed(frame)]
+        assert [t for t, _, _ in replies] == [P.INFORM_DONE], [P.unpack_payload(b) for _, _, b in replies]
     finally:
         c.store.close()
         loop.close()

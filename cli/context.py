@@ -82,12 +82,28 @@ def load(home: Path) -> TerminalContext:
     return TerminalContext(agent, session, saved.get("identity"), source)
 
 
+def _saved(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def save(home: Path, agent_id: str | None, session_id: str | None, identity: str | None = None) -> Path:
-    """Remember the agent and session of this terminal (atomically, private to the user)."""
+    """Remember the agent and session of this terminal (atomically, private to the user).
+
+    An agent pinned by $PORT_DADDY_AGENT lives in the environment: it does not overwrite the
+    terminal's own context when that belongs to another agent (two agents sharing a terminal,
+    one of them pinned with `eval "$(pd begin ... --export)"`)."""
     folder = _dir(home)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     sid, leader_start = terminal_key()
     path = _file(home, sid)
+    if agent_id is not None and os.environ.get(ENV_AGENT) == agent_id:
+        other = _saved(path).get("agentId")
+        if other not in (None, agent_id):
+            return path
     tmp = folder / f".{sid}.{os.getpid()}.tmp"
     body = json.dumps({"agentId": agent_id, "sessionId": session_id, "identity": identity, "sid": sid,
                        "leaderStart": leader_start, "cwd": os.getcwd(), "savedAt": int(time.time() * 1000)})
@@ -101,11 +117,19 @@ def save(home: Path, agent_id: str | None, session_id: str | None, identity: str
     return path
 
 
-def clear(home: Path) -> None:
-    """Forget this terminal's context (after `pd done`)."""
+def clear(home: Path, agent_id: str | None = None, session_id: str | None = None) -> None:
+    """Forget this terminal's context after `pd done` ended `agent_id` / `session_id`.
+
+    Only when the context is the one that ended (or when no ids are given): ending an agent
+    pinned by the environment leaves another agent's terminal context alone."""
     sid, _ = terminal_key()
+    path = _file(home, sid)
+    if agent_id is not None or session_id is not None:
+        saved = _saved(path)
+        if saved and saved.get("agentId") != agent_id and saved.get("sessionId") != session_id:
+            return
     with contextlib.suppress(OSError):
-        _file(home, sid).unlink()
+        path.unlink()
 
 
 def prune(home: Path) -> int:

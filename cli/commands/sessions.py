@@ -163,7 +163,7 @@ def done(note_arg: str | None, note: str | None, abandon: bool, keep_agent: bool
         text = sys.stdin.read()
     result = call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
                   status="abandoned" if abandon else "completed", keepAgent=keep_agent or None)
-    ctxmod.clear(options().config.home)
+    ctxmod.clear(options().config.home, result.get("agentId") or agent_id, result.get("sessionId") or session_id)
     output(result, lambda r: f"session {r['sessionId'] or '-'} {r['sessionStatus'] or 'not found'}"
            + (f"; agent {r['agentId']} unregistered" if r["agentUnregistered"] else "")
            + (f"; released {len(r['releasedFiles'])} file claim(s)" if r.get("releasedFiles") else ""),

@@ -386,3 +386,22 @@ def test_git_guard_refuses_strictly_claimed_files_and_warns_on_advisory_ones(dae
                                                                     "PORT_DADDY_SOCK": str(tmp_path / "none.sock"),
                                                                     "PORT_DADDY_PORT": "1"})
     assert down.returncode == 0 and down.stderr == ""
+
+
+def test_two_agents_in_one_terminal_do_not_clobber_each_others_context(daemon):
+    """bob begins plainly; alice is pinned by the environment in the same terminal. alice's
+    begin and done must leave bob's terminal context alone."""
+    env = {**daemon.env, "PD": f"{sys.executable} -m cli.main"}
+    env.pop("PORT_DADDY_AGENT", None)
+    env.pop("PORT_DADDY_SESSION", None)
+    bob, alice = unique("bob"), unique("alice")
+    script = (f"$PD begin 'bob works' --agent {bob} -q >/dev/null && "
+              f"PORT_DADDY_AGENT={alice} $PD begin 'alice works' --agent {alice} -q >/dev/null && "
+              f"PORT_DADDY_AGENT={alice} $PD done -q >/dev/null && "
+              "$PD whoami --json")
+    res = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                         start_new_session=True, cwd=str(REPO))
+    assert res.returncode == 0, res.stderr
+    me = json.loads(res.stdout)
+    assert me["agentId"] == bob and me["sessionId"], me
+    assert daemon.client().call("session.get", id=me["sessionId"])["session"]["status"] == "active"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pdcore import protocol as P
-from pdcore.client import DOWN_MESSAGE, _make_sync, _next_conv, _reply_value, http_request
+from pdcore.client import DOWN_MESSAGE, FramePacer, _make_sync, _next_conv, _reply_value, http_request
 from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
@@ -30,6 +30,7 @@ class AsyncClient:
         self._waiters: dict[int, asyncio.Future] = {}
         self._reader_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._pacer = FramePacer(self.config.ipc_rate_limit)
 
     async def _connect(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -83,6 +84,7 @@ class AsyncClient:
         if not Path(self.config.ipc).exists() and self._writer is None:
             return await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
         writer = await self._connect()
+        await self._pace()
         conv = _next_conv()
         fut = asyncio.get_running_loop().create_future()
         self._waiters[conv] = fut
@@ -100,7 +102,14 @@ class AsyncClient:
         if op is None or not op.fire_and_forget:
             raise OpError("fire_and_forget_not_allowed", f"{action} cannot be sent fire-and-forget", "action")
         writer = await self._connect()
+        await self._pace()
         writer.write(P.encode(P.REQUEST, 0, {"action": action, **{k: v for k, v in args.items() if v is not None}}))
+
+    async def _pace(self) -> None:
+        """Wait, if need be, to stay under the daemon's frame rate (see FramePacer)."""
+        wait = self._pacer.delay()
+        if wait:
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         if self._writer is not None:

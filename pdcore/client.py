@@ -137,6 +137,29 @@ def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
     return data
 
 
+class FramePacer:
+    """Keeps one IPC connection under the daemon's frame rate (`ipc_rate_limit` per public
+    connection), so nothing it sends is refused or, fire-and-forget, dropped for the rate:
+    past the burst the caller waits instead. The same bucket as the core's (capacity = refill
+    per second = the rate), at 95% of it for the slack between sending and arrival."""
+
+    __slots__ = ("rate", "tokens", "at")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = max(0.0, float(rate)) * 0.95
+        self.tokens = self.rate
+        self.at = time.monotonic()
+
+    def delay(self) -> float:
+        """Take a token for one frame; return the seconds to wait before sending it."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate) - 1.0
+        self.at = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 # -- the sync client -------------------------------------------------------------------------
 class Client:
     """A synchronous client; one per thread. `call()` raises OpError on refusal or failure."""
@@ -150,6 +173,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._decoder = P.FrameDecoder(1 << 30)
         self._shm = ShmFirst(self.config.shm_path) if self.config.shm_enabled and transport != "http" else None
+        self._pacer = FramePacer(self.config.ipc_rate_limit)
 
     # -- connection --
     def _connect(self) -> socket.socket:
@@ -228,6 +252,9 @@ class Client:
         self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
 
     def _send(self, frame: bytes) -> socket.socket:
+        wait = self._pacer.delay()
+        if wait:
+            time.sleep(wait)
         for attempt in (0, 1):
             sock = self._connect()
             try:

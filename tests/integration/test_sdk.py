@@ -54,3 +54,41 @@ def test_a_home_without_a_daemon_never_talks_to_another_homes_daemon_over_tcp(da
         Client(other, connect_retry_s=0).port_claim(id="wrong-home:api:main")
     assert refused.value.code == "unavailable" and "serves another home" in refused.value.message
     assert daemon.client().port_list(pattern="wrong-home:*")["count"] == 0  # nothing landed there
+
+
+def test_a_burst_of_fire_and_forget_publishes_is_paced_not_dropped(daemon_factory):
+    """The core drops fire-and-forget frames past ipc_rate_limit per connection; the SDK keeps
+    under it (waiting past the burst), so a loop of publishes loses nothing."""
+    import time
+
+    d = daemon_factory(ipc_rate_limit=200)
+    client = Client(d.config)
+    channel = f"paced-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    for n in range(400):  # twice the rate: half of these were dropped before
+        client.msg_publish(channel=channel, payload={"n": n})
+    elapsed = time.monotonic() - started
+    history = client.msg_history(channel=channel, limit=1000)
+    assert [m["payload"]["n"] for m in history["messages"]] == list(range(400))
+    counters = client.daemon_metrics()["counters"]
+    assert counters.get("ff_dropped", 0) == 0 and counters.get("rate_limited", 0) == 0
+    assert elapsed > 0.8  # (400 - 190) frames at 190/s: the SDK waited instead
+
+
+def test_the_async_client_is_paced_too(daemon_factory):
+    d = daemon_factory(ipc_rate_limit=200)
+    channel = f"apaced-{uuid.uuid4().hex[:8]}"
+
+    async def burst() -> None:
+        client = AsyncClient(d.config)
+        try:
+            for n in range(300):
+                await client.msg_publish(channel=channel, payload={"n": n})
+            await client.daemon_health()
+        finally:
+            await client.close()
+
+    asyncio.run(burst())
+    sync = Client(d.config)
+    assert len(sync.msg_history(channel=channel, limit=1000)["messages"]) == 300
+    assert sync.daemon_metrics()["counters"].get("ff_dropped", 0) == 0

@@ -60,6 +60,24 @@ class _TaskCommand(click.Command):
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage("pd spawn", "[OPTIONS] TASK...")
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as err:
+            raise _as_the_groups(err, ctx) from None
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _as_the_groups(err, ctx) from None
+
+
+def _as_the_groups(err: click.UsageError, ctx: click.Context) -> click.UsageError:
+    """Point a usage error at `pd spawn --help` (whose help lists these options), not the hidden name."""
+    err.ctx = ctx.parent or ctx
+    return err
+
 
 @click.group(cls=SpawnGroup)
 def spawn() -> None:

@@ -364,6 +364,9 @@ def test_spawn_help_lists_the_options_of_pd_spawn_task(daemon):
                        "--agent-id", "kill", "logs"):
             assert option in res.stdout, (args, option, res.stdout)
         assert "TASK" in res.stdout.splitlines()[0]
+    for bad in (("--env", "X", "echo", "hi"), ("--bogus", "x")):  # usage errors point at pd spawn's help
+        res = daemon.pd("spawn", *bad)
+        assert res.returncode == 2 and "Try 'pd spawn --help'" in res.stderr and "_start" not in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("body,field", [

@@ -102,12 +102,8 @@ class Inbox(Primitive):
         """
         agents = self.root.agents
         suffix = f":fleet:{name}"
-        declared: set[str] = set()
         spawn = getattr(self.root, "spawn", None)
-        for live in list(getattr(spawn, "live", {}).values()):
-            for spec in live.agents or ():
-                if isinstance(spec, dict) and spec.get("name") == name and isinstance(spec.get("identity"), str):
-                    declared.add(spec["identity"])
+        declared = spawn.declared_identities(name) if spawn is not None else set()
         live_ids, dead_ids = set(), set()
         for agent in agents.by_id.values():
             if agent.id.endswith(suffix) or agent.id in declared:

@@ -582,6 +582,11 @@ class Spawns(Primitive):
                                 if r.active and r.kill_requested and r.runner_key == key]
         return out
 
+    def declared_identities(self, agent_name: str) -> set[str]:
+        """The agent ids running fleets declare for their agents called `agent_name`."""
+        return {spec["identity"] for live in self.live.values() for spec in live.agents or ()
+                if isinstance(spec, dict) and spec.get("name") == agent_name and isinstance(spec.get("identity"), str)}
+
     # -- hooks -----------------------------------------------------------------------------
     def on_connection_closed(self, conn_id: Any) -> None:
         """A runner's connection closed: it holds no fleet any more."""

@@ -145,13 +145,13 @@ def test_children_of_a_supervisor_killed_with_kill_9_stop_and_pd_start_comes_bac
         os.kill(supervisor.pid, signal.SIGKILL)
         d.proc.wait(timeout=10)
         started = time.monotonic()
+        started_again = d.pd("start")  # at once: it waits for the orphans to go, then starts afresh
+        assert started_again.returncode == 0, started_again.stderr
         _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left running without their supervisor: {[p.cmdline() for p in alive]}"
-        assert time.monotonic() - started < 8
+        assert time.monotonic() - started < 20
         since = (d.home / "daemon.log").read_bytes()[log_size:].decode(errors="replace")
         assert "event=supervisor.gone child=core" in since and "event=core.stopped" in since  # drained
-        started_again = d.pd("start")
-        assert started_again.returncode == 0, started_again.stderr
         assert d.client().port_claim(id="orphans:check:main")["port"] == port
         assert d.pd("status").returncode == 0
     finally:

@@ -199,3 +199,33 @@ def test_http_answers_again_right_after_the_core_is_killed(fresh_daemon):
         status, body = fresh_daemon.http("GET", f"/services/{ident}")
         assert status == 200, body
         assert body["service"]["port"] == first["port"]
+
+
+def test_the_http_master_killed_with_kill_9_comes_back_and_nothing_acknowledged_is_lost(fresh_daemon):
+    """kill -9 of gunicorn's master mid-load: its workers go too, the supervisor starts a new
+    server, and every claim answered 200 before the kill is still held, on the same port."""
+    d = fresh_daemon
+    old_master = http_master(d)
+    old = [old_master, *old_master.children()]
+    acknowledged: dict[str, int] = {}
+    for n in range(50):
+        ident = f"{uid()}:ack{n}"
+        status, body = d.http("POST", "/claim", {"id": ident})
+        assert status == 200, body
+        acknowledged[ident] = body["port"]
+    os.kill(old_master.pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(old, timeout=15)  # its workers notice their parent is gone
+    assert not alive, [p.pid for p in alive]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if d.http("GET", "/health", timeout=2)[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "HTTP did not come back after its master was killed"
+        time.sleep(0.05)
+    assert http_master(d).pid != old_master.pid
+    for ident, port in acknowledged.items():
+        status, body = d.http("GET", f"/services/{ident}")
+        assert status == 200 and body["service"]["port"] == port, body

@@ -201,3 +201,13 @@ def test_activity_prints_local_times_and_json_keeps_epoch_ms(daemon):
     assert not re.search(r"\b\d{13}\b", text.stdout), text.stdout
     raw = json.loads(daemon.pd("activity", "--limit", "5", "--json").stdout)
     assert all(isinstance(a["timestamp"], int) and a["timestamp"] > 10**12 for a in raw["activities"])
+
+
+def test_doctor_names_another_homes_daemon_on_the_tcp_port(daemon, tmp_path):
+    other = tmp_path / "other-home"
+    other.mkdir(mode=0o700)
+    env = {**daemon.env, "PORT_DADDY_HOME": str(other), "PORT_DADDY_NO_AUTOSTART": "1"}
+    out = run_pd(env, "doctor")
+    assert out.returncode == 1
+    assert f"tcp port: {daemon.port} is used by the Port Daddy daemon of another home" in out.stdout, out.stdout
+    assert run_pd(env, "status").returncode == 1  # and its status is not that daemon's

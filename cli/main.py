@@ -24,14 +24,15 @@ ALIASES = {"c": "claim", "r": "release", "f": "find", "ps": "find", "b": "begin"
 
 # top-level command -> the module of cli/commands that registers it
 COMMANDS = {
-    "activity": "daemon", "agent": "agents", "agents": "agents", "arbiter": "arbiter", "begin": "sessions",
+    "activity": "daemon", "agent": "agents", "agents": "agents", "arbiter": "arbiter", "backup": "backup",
+    "begin": "sessions",
     "briefing": "projects", "changelog": "projects", "channel": "messaging", "channels": "messaging",
     "claim": "ports", "cleanup": "ports", "config": "daemon", "dev": "service", "doctor": "daemon",
     "done": "sessions", "down": "up", "endpoint": "ports", "find": "ports", "fleet": "fleet", "guard": "sessions",
     "harbor": "harbors", "inbox": "inbox", "install": "service", "integration": "integration", "lock": "locks",
     "locks": "locks", "mcp": "mcp", "metrics": "daemon", "note": "sessions", "notes": "sessions",
     "pheromone": "pheromones", "ports": "ports", "projects": "projects", "pub": "messaging", "release": "ports",
-    "restart": "daemon", "salvage": "salvage", "service": "ports", "services": "ports", "session": "sessions",
+    "restart": "daemon", "restore": "backup", "salvage": "salvage", "service": "ports", "services": "ports", "session": "sessions",
     "sessions": "sessions", "sitrep": "sessions", "spawn": "spawn", "spawned": "spawn", "start": "daemon",
     "status": "daemon", "stop": "daemon", "swarm": "projects", "swarm_awareness": "projects", "tuple": "tuples",
     "unlock": "locks", "uninstall": "service", "up": "up", "version": "daemon", "wait": "projects",

@@ -57,6 +57,7 @@ class Config:
     sse_keepalive_s: int = 15  # comment line sent on an idle event stream
     # durability
     db_synchronous: str = "NORMAL"  # NORMAL survives kill -9 in WAL mode; FULL also power loss
+    log_max_bytes: int = 10 * 1024 * 1024  # daemon.log beyond this is renamed daemon.log.1 at start (one kept)
     # agents and reaper
     agent_stale_ms: int = 10 * 60 * 1000
     agent_dead_ms: int = 20 * 60 * 1000

@@ -211,3 +211,21 @@ def test_doctor_names_another_homes_daemon_on_the_tcp_port(daemon, tmp_path):
     assert out.returncode == 1
     assert f"tcp port: {daemon.port} is used by the Port Daddy daemon of another home" in out.stdout, out.stdout
     assert run_pd(env, "status").returncode == 1  # and its status is not that daemon's
+
+
+def test_a_daemon_log_past_its_limit_is_rotated_at_start():
+    d = Daemon(ipc_rate_limit=0, log_max_bytes=4096)
+    try:
+        old = b"an old line of the log\n" * 400  # ~9 KB, past the limit
+        (d.home / "daemon.log").write_bytes(old)
+        out = run_pd(d.env, "start")
+        assert out.returncode == 0, out.stderr
+        assert (d.home / "daemon.log.1").read_bytes() == old
+        fresh = (d.home / "daemon.log").read_bytes()
+        assert b"an old line" not in fresh and b"event=child.spawn name=core" in fresh
+        # Under the limit: left alone at the next start.
+        assert run_pd(d.env, "restart").returncode == 0
+        assert (d.home / "daemon.log.1").read_bytes() == old and b"event=child.spawn name=core" in (d.home / "daemon.log").read_bytes()
+    finally:
+        run_pd(d.env, "stop")
+        d.stop()

@@ -133,6 +133,7 @@ class Config:
     #    read by the `pd up` / `pd down` CLI, which runs the processes; the core never does.
     wait_default_ms: int = 30_000  # GET /wait/:id and POST /wait without `timeout`
     wait_max_ms: int = 300_000  # longest `timeout` a wait may park for (3.7: 5 minutes)
+    note_verify_wait_ms: int = 25_000  # a note.verify call waits this long for its scan, then `timeout` (below clients' 30 s)
     wait_max_ids: int = 100  # identities one POST /wait may wait for
     changelog_max: int = 100_000  # changelog entries kept; the oldest go first
     briefing_limit_default: int = 20  # notes, activity and changelog entries in a briefing

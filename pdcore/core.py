@@ -29,6 +29,7 @@ from pdcore.config import Config, load_config
 from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
+from pdcore.ops.schema import is_pattern
 from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.state import Ctx, Park, State
@@ -575,7 +576,7 @@ class Core:
             for ch in channels:
                 if ch not in conn.subs:
                     conn.subs.add(ch)
-                    table = self.subs_pattern if ("*" in ch or "?" in ch) else self.subs_exact
+                    table = self.subs_pattern if is_pattern(ch) else self.subs_exact
                     table.setdefault(ch, set()).add(conn)
             action = "subscribe"
         else:
@@ -588,7 +589,7 @@ class Core:
             conn.send(P.encode_body(P.AGREE, conv_id, _pack({"action": action, "channels": sorted(conn.subs)})))
 
     def _unsubscribe(self, conn: Connection, ch: str) -> None:
-        table = self.subs_pattern if ("*" in ch or "?" in ch) else self.subs_exact
+        table = self.subs_pattern if is_pattern(ch) else self.subs_exact
         members = table.get(ch)
         if members is not None:
             members.discard(conn)

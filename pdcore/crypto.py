@@ -35,16 +35,16 @@ class MasterKeyError(RuntimeError):
     """The master key cannot be used; the message says what is wrong and what to do."""
 
 
-def load_or_create_key(path: Path, notes_exist: bool) -> bytes:
+def load_or_create_key(path: Path, sealed_exist: bool) -> bytes:
     """Return the master key at `path`, creating it (0600, O_EXCL) only when nothing sealed exists yet.
 
-    `notes_exist`: the database holds something sealed with the key (notes, webhook secrets).
+    `sealed_exist`: the database holds something sealed with the key (notes, webhook secrets).
     """
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
-        if notes_exist:
+        if sealed_exist:
             raise MasterKeyError(
                 f"master key {path} is missing but encrypted notes or webhook secrets exist in the database; "
                 "restore the key file from a backup (a new key would make them unreadable)"
@@ -79,7 +79,7 @@ def _create_key(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:  # another process created it between our open and here
-        return load_or_create_key(path, notes_exist=True)
+        return load_or_create_key(path, sealed_exist=True)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, key)

@@ -118,13 +118,15 @@ def front_door_codes(op: Op | None, route_method: str) -> set[str]:
     return codes
 
 
-# Refusals the HTTP server (gunicorn) itself answers, before any route, on every path; the body
-# is the same JSON error (workers.server.json_error_response).
-SERVER_REFUSALS = {
-    400: ("invalid_argument", "a request line or header the server cannot parse"),
-    414: ("too_large", "the request line (path and query) is over 4094 bytes"),
-    431: ("too_large", "the request headers are too large"),
-}
+def server_refusals() -> dict[int, tuple[str, str]]:
+    """Refusals the HTTP server (gunicorn) itself answers, before any route, on every path:
+    status -> (code, why), from workers.server's table; the body is the same JSON error."""
+    from workers.server import GUNICORN_ERRORS
+
+    refusals: dict[int, tuple[str, str]] = {}
+    for status, code, _field, why in GUNICORN_ERRORS.values():
+        refusals.setdefault(status, (code, why))
+    return refusals
 
 
 def _error_responses(codes: Iterable[str]) -> dict[str, Any]:
@@ -132,7 +134,7 @@ def _error_responses(codes: Iterable[str]) -> dict[str, Any]:
     for code in sorted(set(codes)):
         by_status.setdefault(STATUS_BY_CODE.get(code, 400), []).append(code)
     descriptions = {status: "code: " + ", ".join(names) for status, names in by_status.items()}
-    for status, (code, why) in SERVER_REFUSALS.items():
+    for status, (code, why) in server_refusals().items():
         by_status.setdefault(status, [code])
         descriptions.setdefault(status, f"code: {code} ({why})")
     return {

@@ -18,6 +18,7 @@ reply of the daemon is JSON (gunicorn has no hook for it: `install_json_errors` 
 from __future__ import annotations
 
 import argparse
+import http
 import json
 import logging
 import os
@@ -37,29 +38,34 @@ SOCKET_UMASK = 0o177  # the Unix socket (and gunicorn's temp files) come out 060
 HEARTBEAT_DIR = "/dev/shm"
 
 
-# gunicorn's status for a request it could not parse -> (our status, code, field at fault).
+# gunicorn's status for a request it could not parse -> (our status, code, field at fault, why).
 # Its 501 for an unknown Transfer-Encoding is the client's input, so it is a 400 here.
-_GUNICORN_ERRORS: dict[int, tuple[int, str, str | None]] = {
-    400: (400, "invalid_argument", "request"),
-    403: (403, "forbidden", "request"),
-    414: (414, "too_large", "url"),
-    417: (417, "invalid_argument", "Expect"),
-    431: (431, "too_large", "headers"),
-    501: (400, "invalid_argument", "Transfer-Encoding"),
+GUNICORN_ERRORS: dict[int, tuple[int, str, str | None, str]] = {
+    400: (400, "invalid_argument", "request", "a request line or header the server cannot parse"),
+    403: (403, "forbidden", "request", "a request the server refuses before routing it"),
+    414: (414, "too_large", "url", "the request line (path and query) is longer than the server reads"),
+    417: (417, "invalid_argument", "Expect", "an Expect header other than 100-continue"),
+    431: (431, "too_large", "headers", "the request headers are too large"),
+    501: (400, "invalid_argument", "Transfer-Encoding", "a Transfer-Encoding the server does not know"),
 }
-_REASONS = {400: "Bad Request", 403: "Forbidden", 414: "URI Too Long", 417: "Expectation Failed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
 
 def json_error_response(status_int: int, reason: str, mesg: str) -> bytes:
     """The raw HTTP reply for a request gunicorn refused before the app saw it: our JSON body."""
-    status, code, field = _GUNICORN_ERRORS.get(status_int, (status_int, "internal", None))
-    if status_int >= 500 and status_int not in _GUNICORN_ERRORS:
+    from workers.app import error_body
+
+    known = GUNICORN_ERRORS.get(status_int)
+    status, code, field = known[:3] if known else (status_int, "internal", None)
+    if known is None and status_int >= 500:
         message = "internal error while reading the request; details are in daemon.log"
     else:
         message = f"the request could not be read: {mesg or reason}"
-    body = json.dumps({"success": False, "error": message, "code": code, "field": field}).encode()
-    head = (f"HTTP/1.1 {status} {_REASONS.get(status, reason)}\r\nConnection: close\r\n"
+    body = json.dumps(error_body(code, message, field)).encode()
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = reason
+    head = (f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
 

@@ -37,13 +37,13 @@ from typing import Any, Protocol
 import falcon
 
 from pdcore.errors import OpError
+from pdcore.ops.schema import INT_MAX, is_pattern
 from workers.corelink import CoreStream, peer_closed
 from workers.guard import client_key, unescape_param
 from workers.slots import Slots
 
 RETRY_MS = 3000
 REPLAY_PAGE = 1000  # messages per msg.history call while replaying (that op's largest `limit`)
-_MAX_ID = 2**63 - 1
 _TICK_S = 1.0  # how often an idle stream checks for a gone client or a stopping worker
 
 _worker_alive: Callable[[], bool] = lambda: True  # noqa: E731 - replaced by the server per worker
@@ -62,14 +62,10 @@ class StreamSource(Protocol):
              timeout_s: float | None = None) -> dict: ...
 
 
-def is_pattern(channel: str) -> bool:
-    return "*" in channel or "?" in channel
-
-
 def parse_event_id(text: str, field: str) -> int:
     """A message id sent back by a client (`Last-Event-ID` or `after`); 400 naming `field` otherwise."""
     value = text.strip()
-    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= _MAX_ID):
+    if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) <= INT_MAX):
         where = "header" if field == "Last-Event-ID" else "query parameter"
         raise OpError("invalid_argument",
                       f"{field} {where} must be a message id (a whole number such as 42), not {text[:40]!r}; "
@@ -101,24 +97,15 @@ def replayed(message: dict[str, Any]) -> dict[str, Any]:
             "sender": message.get("sender"), "ts": message.get("createdAt")}
 
 
-def gap_event(channel: str, after: int, first_id: int | None) -> bytes:
-    """`event: gap`: messages after `after` may have left the ring before the client came back.
+def gap_event(**data: Any) -> bytes:
+    """`event: gap`: messages after `data["after"]` may be missing from this stream.
 
-    It has no `id:` line, so the client's last event id stays that of the last message it got."""
-    data = json.dumps({"channel": channel, "after": after, "firstId": first_id}, separators=(",", ":"))
-    return f"event: gap\ndata: {data}\n\n".encode()
-
-
-def dropped_event(channel: str, after: int, count: int) -> bytes:
-    """`event: gap` for live messages the core dropped because this stream fell behind.
-
-    `after` is the id of the last message the stream sent (0: none yet); a client that needs
-    the missing ones reconnects with that id as `Last-Event-ID` (or `?after=`) to replay them
-    from the channel's history. A pattern stream's ids belong to several channels, so there
-    `after` is null and `channel` is the pattern."""
-    data = json.dumps({"channel": channel, "after": None if is_pattern(channel) else after, "dropped": count},
-                      separators=(",", ":"))
-    return f"event: gap\ndata: {data}\n\n".encode()
+    Sent when a resume finds the client's id no longer in the ring (`firstId`: the oldest kept),
+    and when the core dropped live messages because the stream fell behind (`dropped`: how
+    many; `after`: the last id this stream sent, to resume from with `Last-Event-ID`, or null
+    on a pattern stream, whose ids belong to several channels). It has no `id:` line, so the
+    client's last event id stays that of the last message it got."""
+    return f"event: gap\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def format_event(delivery: dict[str, Any]) -> bytes:
@@ -152,7 +139,7 @@ class Replay:
     the join itself never misses a message silently. (A message whose own `expires` passed is
     not in history, by design. Live deliveries the core drops once a stream falls
     `subscriber_queue_max` behind, as for any subscriber, get a `gap` event of their own: see
-    `dropped_event`.) Paging stops at a short page or once the cursor
+    `gap_event`.) Paging stops at a short page or once the cursor
     reaches the channel's newest id at the first page (newer messages were published after
     the subscription, so they come live).
     """
@@ -175,7 +162,7 @@ class Replay:
         while True:
             first_id = page.get("firstId")
             if self.cursor > 0 and (first_id is None or first_id > self.cursor):
-                yield gap_event(self.channel, self.cursor, first_id)
+                yield gap_event(channel=self.channel, after=self.cursor, firstId=first_id)
             messages = page.get("messages") or []
             for message in messages:
                 yield format_event(replayed(message))
@@ -251,7 +238,8 @@ class ChannelEvents:
                     return  # the core went away; EventSource reconnects after `retry`
                 if delivery is not None:
                     if delivery.get("action") == "msg.dropped":
-                        yield dropped_event(channel, last_id, delivery.get("count") or 0)
+                        yield gap_event(channel=channel, after=None if is_pattern(channel) else last_id,
+                                        dropped=delivery.get("count") or 0)
                         continue
                     if replay is not None and replay.is_replayed(delivery):
                         continue  # already sent from history (see Replay)

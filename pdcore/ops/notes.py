@@ -52,5 +52,5 @@ OPS = (
        "core's thread, so the daemon keeps serving while it reads.",
        args=(Arg("sessionId", "name", where="query"),),
        reply={"ok": "bool", "checked": "int", "sessions": "int", "broken": "list"}, errors=("not_found", "timeout"),
-       routes=(Route("GET", "/notes/verify"),), cli=("notes",)),
+       routes=(Route("GET", "/notes/verify"),), cli=("notes",), parks=True),
 )

@@ -50,6 +50,11 @@ def check_identity(value: str, field_name: str = "id") -> str:
     )
 
 
+def is_pattern(name: str) -> bool:
+    """A channel (or subscription) name with `*` or `?` is a shell-style pattern, not a name."""
+    return "*" in name or "?" in name
+
+
 def check_identity_pattern(value: str, field_name: str = "pattern") -> str:
     """Validate an identity or a pattern using `*` as a whole segment or a segment suffix."""
     if not isinstance(value, str):

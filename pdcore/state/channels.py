@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from pdcore.errors import OpError
+from pdcore.ops.schema import is_pattern
 from pdcore.state.base import Ctx, Park, Primitive
 from pdcore.state.sequence import BlockSequence
 from pdcore.timers import Timer
@@ -220,7 +221,7 @@ class Channels(Primitive):
         value = next((v for v in (payload, message, content) if v is not None), None)
         if value is None or (isinstance(value, str) and not value.strip()):
             raise OpError("missing_field", "payload is required (the message to publish)", "payload")
-        if "*" in channel or "?" in channel:
+        if is_pattern(channel):
             raise OpError("invalid_name", "channel must be a channel name, not a pattern, to publish to", "channel")
         size = message_size(value)
         if size > self.config.message_max_bytes:
@@ -256,7 +257,7 @@ class Channels(Primitive):
         empty = self._polled(channel, [], after)
         if wait <= 0:
             return empty
-        key = ANY_CHANNEL if ("*" in channel or "?" in channel) else channel_key(channel)
+        key = ANY_CHANNEL if is_pattern(channel) else channel_key(channel)
         return Park(keys=(key,), deadline=ctx.now + wait, on_timeout=empty)
 
     @staticmethod

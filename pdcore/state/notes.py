@@ -187,7 +187,9 @@ class Notes(Primitive):
         """Walk the chain of one session (or all) and decrypt every note: report what does not hold."""
         if sessionId is not None:
             self.root.sessions.require(sessionId, "sessionId")
-        job = self._verifies.setdefault(sessionId or "", _VerifyJobs(sessionId))
+        job = self._verifies.get(sessionId or "")
+        if job is None:
+            job = self._verifies[sessionId or ""] = _VerifyJobs(sessionId)
         if ctx.retry:  # woken by the end of the job this call waits for
             return job.answer()
         if job.running:
@@ -197,7 +199,7 @@ class Notes(Primitive):
             wanted = self._start_verify(job)
         if job.finished >= wanted:  # the job ran inline (in-process tests)
             return job.answer()
-        return Park(keys=(job.key(wanted),), deadline=ctx.now + self.config.wait_max_ms,
+        return Park(keys=(job.key(wanted),), deadline=ctx.now + self.config.note_verify_wait_ms,
                     on_timeout=OpError("timeout", "note verification is still running; ask again later"))
 
     def _start_verify(self, job: _VerifyJobs) -> int:

@@ -223,15 +223,19 @@ Transport = Callable[[str, bytes, dict, float, frozenset], tuple[int, str]]
 
 
 class Webhook:
-    """A registered webhook. `secret` is the plaintext (memory only), `sealed` its stored form, and
-    `secret_error` says why a stored secret could not be opened (then `secret` is None)."""
+    """A registered webhook. `secret` is the plaintext (memory only), `sealed` its stored form."""
 
-    __slots__ = ("id", "url", "secret", "sealed", "secret_error", "events", "filter_pattern", "active", "metadata",
+    __slots__ = ("id", "url", "secret", "sealed", "events", "filter_pattern", "active", "metadata",
                  "created_at", "updated_at", "last_triggered", "success_count", "failure_count")
 
     def __init__(self, **kw: Any) -> None:
         for k in self.__slots__:
             setattr(self, k, kw.get(k))
+
+    @property
+    def secret_error(self) -> str | None:
+        """Why the stored secret cannot sign (it did not open), or None."""
+        return SECRET_UNREADABLE if self.sealed is not None and self.secret is None else None
 
     def matches(self, event: str, target: str | None) -> bool:
         if not self.active:
@@ -244,7 +248,7 @@ class Webhook:
         return {
             "id": self.id,
             "url": self.url,
-            "hasSecret": bool(self.secret or self.secret_error),
+            "hasSecret": self.sealed is not None,
             "secretError": self.secret_error,
             "events": list(self.events),
             "filterPattern": self.filter_pattern,
@@ -375,13 +379,11 @@ class Webhooks(Primitive):
         """Give the hook a new secret (None: none), sealed for storage; `_save_hook` stores it."""
         hook.secret = secret
         hook.sealed = seal_secret(self._cipher(), hook.id, secret) if secret else None
-        hook.secret_error = None
 
     def _open_stored(self, hook: Webhook, sealed: Any) -> None:
         """Open a stored secret; if it does not open, keep it as stored and mark the hook unable to sign."""
         hook.sealed = sealed
-        hook.secret = open_secret(self._cipher(), hook.id, sealed) if isinstance(sealed, bytes) else None
-        hook.secret_error = None if hook.secret is not None else SECRET_UNREADABLE
+        hook.secret = open_secret(self._cipher(), hook.id, sealed)
         if hook.secret is None:
             log.error("event=webhook.secret_unreadable id=%s url=%s", hook.id, hook.url)
 

@@ -162,7 +162,7 @@ def test_wrong_key_length_stops_the_load(tmp_path):
     os.write(fd, b"short")
     os.close(fd)
     with pytest.raises(MasterKeyError, match="32 bytes"):
-        load_or_create_key(path, notes_exist=False)
+        load_or_create_key(path, sealed_exist=False)
 
 
 def test_missing_key_with_notes_is_never_regenerated(harness):

@@ -60,6 +60,14 @@ def options() -> Options:
     return root.obj
 
 
+def my_agent(given: str | None = None) -> str | None:
+    """The agent a command acts as: the one given, else this terminal's (`pd begin`, or
+    $PORT_DADDY_AGENT); None when there is none."""
+    from cli import context as ctxmod
+
+    return given or ctxmod.load(options().config.home).agent_id
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line on stderr and exit with `code`."""
     click.echo(f"pd: {message}", err=True)

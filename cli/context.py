@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdcore.state.ports import process_start
+from pdcore.procs import process_start, same_start
 
 ENV_AGENT = "PORT_DADDY_AGENT"
 ENV_SESSION = "PORT_DADDY_SESSION"
@@ -51,23 +51,14 @@ def _file(home: Path, sid: int) -> Path:
     return _dir(home) / f"{sid}.json"
 
 
-def _same_leader(stored: float | None, current: float | None) -> bool:
-    if stored is None or current is None:
-        return stored is None and current is None
-    return abs(stored - current) < 0.01
-
-
 def load(home: Path) -> TerminalContext:
     """The context of this terminal: environment first, then this terminal's file."""
     env_agent, env_session = os.environ.get(ENV_AGENT) or None, os.environ.get(ENV_SESSION) or None
     saved: dict = {}
     sid, leader_start = terminal_key()
     path = _file(home, sid)
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
-        saved = {}
-    if saved and not _same_leader(saved.get("leaderStart"), leader_start):
+    saved = _saved(path)
+    if saved and not same_start(saved.get("leaderStart"), leader_start):
         saved = {}  # left by an earlier terminal that had the same session id
         with contextlib.suppress(OSError):
             path.unlink()
@@ -139,12 +130,9 @@ def prune(home: Path) -> int:
     if not folder.is_dir():
         return 0
     for path in folder.glob("*.json"):
-        try:
-            saved = json.loads(path.read_text())
-            sid = int(path.stem)
-        except (OSError, ValueError):
-            saved, sid = None, -1
-        if saved is None or sid < 0 or not _same_leader(saved.get("leaderStart"), process_start(sid)):
+        saved = _saved(path)
+        sid = int(path.stem) if path.stem.isdigit() else -1
+        if not saved or sid < 0 or not same_start(saved.get("leaderStart"), process_start(sid)):
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1

@@ -14,7 +14,7 @@ import psutil
 from pdcore.client import Client
 from pdcore.config import Config
 from pdcore.errors import OpError
-from pdcore.paths import check_home, socket_answers, supervisor_running
+from pdcore.paths import check_home, rotate_log, socket_answers, supervisor_running
 
 
 def _answers(config: Config) -> bool:
@@ -73,7 +73,7 @@ def start_daemon(config: Config, timeout: float = 30.0) -> int:
     env = dict(os.environ, PORT_DADDY_HOME=str(config.home), PORT_DADDY_PORT=str(config.tcp_port))
     if config.no_tcp:
         env["PORT_DADDY_NO_TCP"] = "1"
-    rotate_log(config)
+    rotate_log(Path(config.log_path), config.log_max_bytes)  # bounded across restarts; see docs/operations.md
     fd = os.open(config.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     log_start = os.fstat(fd).st_size
     try:
@@ -116,20 +116,8 @@ def stop_daemon(config: Config, timeout: float = 20.0) -> int | None:
     raise RuntimeError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
 
 
-def rotate_log(config: Config) -> None:
-    """Before a start: a daemon.log past `log_max_bytes` becomes daemon.log.1 (replacing the
-    previous one), so the log stays bounded across restarts. A daemon that runs for months can
-    grow it further; logrotate with `copytruncate` suits it (every process appends)."""
-    log_path = Path(config.log_path)
-    try:
-        if config.log_max_bytes > 0 and log_path.stat().st_size > config.log_max_bytes:
-            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
-    except FileNotFoundError:
-        pass
-
-
 def run_foreground(config: Config) -> None:
     """Replace this process with the supervisor (for systemd/launchd)."""
-    rotate_log(config)
+    rotate_log(Path(config.log_path), config.log_max_bytes)  # bounded across restarts; see docs/operations.md
     os.environ["PORT_DADDY_HOME"] = str(config.home)
     os.execv(sys.executable, [sys.executable, "-m", "pdcore.supervisor"])

@@ -33,10 +33,10 @@ from fleet.link import CoreLink
 from fleet.supervisor import stop_orphans
 from pdcore.config import Config
 from pdcore.errors import OpError
+from pdcore.procs import same_start
 
 log = logging.getLogger("pd.fleet.orphans")
 
-START_TOLERANCE_S = 0.01  # as pdcore.state.ports.pid_alive: psutil start times are clock ticks apart
 LIST_LIMIT = 10_000
 
 
@@ -46,7 +46,7 @@ def same_process(pid: Any, start: Any) -> psutil.Process | None:
         return None
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - float(start)) >= START_TOLERANCE_S:
+        if not same_start(proc.create_time(), float(start)):
             return None
         return proc
     except (psutil.Error, ValueError, OverflowError):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import psutil
 
+from pdcore.paths import rotate_log
+
 log = logging.getLogger("pd.fleet.supervisor")
 
 
@@ -60,17 +62,6 @@ Transition = Callable[["Process", State, State], None]
 
 class InvalidTransition(RuntimeError):
     pass
-
-
-def rotate_log(path: Path, max_bytes: int | None) -> None:
-    """Keep a log under `max_bytes`: move it to `.1` (one old file kept)."""
-    if not max_bytes:
-        return
-    try:
-        if path.stat().st_size > max_bytes:
-            os.replace(path, path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
 
 
 def _signal_tree(pid: int, sig: int, leader: psutil.Process | None = None) -> None:
@@ -348,11 +339,6 @@ class Process:
                 return False
             time.sleep(interval)
         return True
-
-    def summary(self) -> dict:
-        return {"state": str(self.state), "pid": self.pid, "pidStart": self.pid_start, "exitCode": self.exit_code,
-                "outcome": self.outcome,
-                "reason": self.reason, "attempts": self.attempts, "respawns": self.respawns}
 
 
 class Program:

@@ -71,23 +71,33 @@ def _unix_http_connection() -> type[http.client.HTTPConnection]:
     return UnixHTTPConnection
 
 
+def served_home(port: int, conn: http.client.HTTPConnection | None = None, timeout: float = 2.0) -> str | None:
+    """The home tag (config.home_tag) the daemon on 127.0.0.1:`port` names with HEAD /health;
+    None when nothing answers or the answer names no home. Uses `conn` (kept open) when given."""
+    import http.client
+
+    own = conn is None
+    link = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout) if conn is None else conn
+    try:
+        link.request("HEAD", "/health")
+        resp = link.getresponse()
+        resp.read()
+        return resp.getheader(HOME_HEADER)
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        if own:
+            link.close()
+
+
 def _check_tcp_daemon_home(conn: http.client.HTTPConnection, config: Config) -> None:
     """Before a call over TCP, make sure the daemon on the port serves this home.
 
     TCP is the last fallback, used when this home has no sockets, which is also what a home
     whose daemon is not running looks like: the port may then belong to another home's daemon,
-    and a claim or a note sent there would land in the wrong state. One HEAD /health, on the
-    same keep-alive connection, asks it (the reply names its home by a tag)."""
-    import http.client
-
-    try:
-        conn.request("HEAD", "/health")
-        resp = conn.getresponse()
-        resp.read()
-        served = resp.getheader(HOME_HEADER)
-    except (OSError, http.client.HTTPException):
-        conn.close()
-        raise OpError("unavailable", DOWN_MESSAGE) from None
+    and a claim or a note sent there would land in the wrong state. One HEAD /health on the
+    call's own keep-alive connection asks it (a failure here fails the call itself next)."""
+    served = served_home(config.tcp_port, conn)
     if served is not None and served != home_tag(config.home):
         conn.close()
         raise OpError("unavailable", f"this home ({config.home}) has no daemon running; the one on "

@@ -6,7 +6,6 @@ other CLI commands that ask it do not import the supervisor (and its logging set
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import stat
@@ -45,6 +44,8 @@ def watch_supervisor(on_gone: Callable[[], None], name: str) -> threading.Thread
         stopped = threading.Event()
         while not stopped.wait(SUPERVISOR_CHECK_S):
             if supervisor_gone():
+                import logging  # here: `pd status` and friends import this module
+
                 logging.getLogger("pd.supervisor").warning(
                     "event=supervisor.gone child=%s pid=%d action=stopping", name, os.getpid())
                 on_gone()
@@ -53,6 +54,17 @@ def watch_supervisor(on_gone: Callable[[], None], name: str) -> threading.Thread
     thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
     thread.start()
     return thread
+
+
+def rotate_log(path: Path, max_bytes: int | None) -> None:
+    """Keep a log under `max_bytes`: past it, move it to NAME.1 (one old file kept)."""
+    if not max_bytes:
+        return
+    try:
+        if path.stat().st_size > max_bytes:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def check_home(home: Path, create: bool = False) -> str | None:

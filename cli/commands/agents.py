@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import click
 
-from cli import context as ctxmod
-from cli.common import call, fail, options, output, output_options, table
+from cli.common import call, fail, my_agent, output, output_options, table
 
 AGENT_COLUMNS = [("id", "AGENT"), ("status", "LIVENESS"), ("pid", "PID"), ("identity", "IDENTITY"),
                  ("type", "TYPE"), ("purpose", "PURPOSE")]
 
 
 def _agent_or_context(agent_id: str | None) -> str:
-    found = agent_id or ctxmod.load(options().config.home).agent_id
+    found = my_agent(agent_id)
     if not found:
         fail("no agent given and none current in this terminal; pass AGENT_ID or run pd begin")
     return found

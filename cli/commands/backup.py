@@ -3,30 +3,39 @@
 from __future__ import annotations
 
 import os
-import stat
+import shutil
 import time
 from pathlib import Path
 
 import click
 
 from cli.common import fail, options, output, output_options
-from pdcore.paths import socket_answers, supervisor_running
+from pdcore.paths import check_home, socket_answers, supervisor_running
 
 DB_NAME = "state.db"
 KEY_NAME = "master.key"
 COUNTED = ("services", "sessions", "notes", "agents", "locks", "tuples")
 
 
-def _write_private(path: Path, data: bytes, exclusive: bool = False) -> None:
-    """Write `data` to `path` readable by the owner alone (0600)."""
+def _copy_private(src: Path, dst: Path, exclusive: bool = False) -> None:
+    """Copy `src` to `dst`, readable by the owner alone (0600), durably; streamed, any size."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
+    fd = os.open(dst, flags, 0o600)
+    with open(src, "rb") as source, os.fdopen(fd, "wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+        target.flush()
+        os.fsync(target.fileno())
+    os.chmod(dst, 0o600)
+
+
+def _usable_key(path: Path) -> None:
+    """Refuse a master key the daemon would refuse (owner, mode 0600, size), in one line."""
+    from pdcore.crypto import MasterKeyError, load_or_create_key
+
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
+        load_or_create_key(path, sealed_exist=True)  # never creates: it only reads and checks
+    except MasterKeyError as exc:
+        fail(str(exc))
 
 
 def _check_copy(path: Path) -> dict[str, int]:
@@ -49,11 +58,10 @@ def _check_copy(path: Path) -> dict[str, int]:
 
 
 def _private_dir(path: Path) -> None:
-    """Create `path` 0700, or accept it if it is ours and closed to group and others."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        fail(f"{path} must be yours and closed to others (chmod 700 {path}): a backup holds the master key")
+    """Create `path` 0700, or accept it if it is ours and closed to others (it holds the key)."""
+    problem = check_home(path, create=True)
+    if problem:
+        fail(f"backup folder: {problem} (a backup holds the master key: its folder must be closed to others)")
 
 
 @click.command()
@@ -99,7 +107,8 @@ def backup(dest: Path, no_key: bool, force: bool) -> None:
     key_copied = False
     key_path = Path(config.key_path)
     if not no_key and key_path.exists():
-        _write_private(dest / KEY_NAME, key_path.read_bytes())
+        _usable_key(key_path)
+        _copy_private(key_path, dest / KEY_NAME)
         key_copied = True
     result = {"path": str(dest), "stateDb": str(target), "bytes": target.stat().st_size, "masterKey": key_copied,
               "counts": counts}
@@ -130,8 +139,8 @@ def restore(src: Path) -> None:
     home_db, home_key = Path(config.db_path), Path(config.key_path)
     if not backup_key.is_file() and not home_key.exists() and counts.get("notes"):
         fail(f"{src} holds no master.key and this home has none: its {counts['notes']} notes could not be read")
-    if backup_key.is_file() and stat.S_IMODE(backup_key.stat().st_mode) & 0o077:
-        fail(f"{backup_key} is open to others; chmod 600 it (and treat the key as exposed)")
+    if backup_key.is_file():
+        _usable_key(backup_key)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kept = []
     for path in (home_db, Path(f"{home_db}-wal"), Path(f"{home_db}-shm"), *([home_key] if backup_key.is_file() else [])):
@@ -140,9 +149,9 @@ def restore(src: Path) -> None:
             os.replace(path, aside)
             kept.append(str(aside))
     home_db.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(home_db, backup_db.read_bytes(), exclusive=True)
+    _copy_private(backup_db, home_db, exclusive=True)
     if backup_key.is_file():
-        _write_private(home_key, backup_key.read_bytes(), exclusive=True)
+        _copy_private(backup_key, home_key, exclusive=True)
     result = {"restoredFrom": str(src), "stateDb": str(home_db), "masterKey": backup_key.is_file(),
               "keptAside": kept, "counts": counts}
     output(result, lambda r: f"restored {r['stateDb']} from {r['restoredFrom']}"

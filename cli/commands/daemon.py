@@ -11,8 +11,8 @@ import click
 from cli.common import call, fail, options, output, output_options, table, when
 from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
 from pdcore import __version__
-from pdcore.client import Client
-from pdcore.config import HOME_HEADER, home_tag
+from pdcore.client import Client, served_home
+from pdcore.config import home_tag
 from pdcore.errors import OpError
 from pdcore.paths import check_home, read_pid, socket_answers, supervisor_running
 
@@ -109,22 +109,6 @@ def version() -> None:
                                            " (daemon not running)"), quiet=__version__)
 
 
-def _port_daddy_home_on(port: int) -> str | None:
-    """The home tag a Port Daddy daemon on 127.0.0.1:`port` names (None: not one, or no answer)."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("HEAD", "/health")
-        resp = conn.getresponse()
-        resp.read()
-        return resp.getheader(HOME_HEADER)
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        conn.close()
-
-
 def _doctor_checks() -> list[dict]:
     config = options().config
     checks: list[dict] = []
@@ -176,7 +160,7 @@ def _doctor_checks() -> list[dict]:
             s.bind(("127.0.0.1", config.tcp_port))
             add("tcp port", True, f"{config.tcp_port} free")
         except OSError:
-            holder = _port_daddy_home_on(config.tcp_port)
+            holder = served_home(config.tcp_port)
             what = ("the Port Daddy daemon of another home" if holder not in (None, home_tag(config.home))
                     else "another program")
             add("tcp port", False, f"{config.tcp_port} is used by {what}",

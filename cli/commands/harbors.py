@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import click
 
-from cli.common import call, duration_ms, output, output_options, table
+from cli.common import call, duration_ms, my_agent, output, output_options, table, when
 
 HARBOR_COLUMNS = [("name", "HARBOR"), ("caps", "CAPABILITIES"), ("memberCount", "MEMBERS"), ("expires", "EXPIRES")]
 MEMBER_COLUMNS = [("agentId", "AGENT"), ("caps", "CAPABILITIES"), ("identity", "IDENTITY"), ("joined", "JOINED")]
 
 
 def _agent(agent: str | None) -> str:
-    who = agent or os.environ.get("PORT_DADDY_AGENT")
+    who = my_agent(agent)
     if not who:
-        raise click.UsageError("give --agent AGENT (or set PORT_DADDY_AGENT)")
+        raise click.UsageError("give --agent AGENT (or run pd begin, or set PORT_DADDY_AGENT)")
     return who
 
-
-def _when(ms: int | None) -> str:
-    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def _caps(items: list[dict]) -> list[dict]:
     """Rows for a table: capabilities joined, times readable."""
-    return [{**i, "caps": ",".join(i.get("capabilities") or []) or "-", "joined": _when(i.get("joinedAt")),
-             "expires": _when(i.get("expiresAt"))} for i in items]
+    return [{**i, "caps": ",".join(i.get("capabilities") or []) or "-", "joined": when(i.get("joinedAt")),
+             "expires": when(i.get("expiresAt"))} for i in items]
 
 
 def _describe(h: dict) -> str:

@@ -6,14 +6,13 @@ import json
 
 import click
 
-from cli import context as ctxmod
-from cli.common import call, options, output, output_options
+from cli.common import call, my_agent, output, output_options
 
 AGENT_HELP = "Whose inbox (default: this terminal's agent, from pd begin or $PORT_DADDY_AGENT)."
 
 
 def _agent(agent: str | None) -> str:
-    who = agent or ctxmod.load(options().config.home).agent_id
+    who = my_agent(agent)
     if not who:
         raise click.UsageError("give --agent AGENT (or run pd begin, or set PORT_DADDY_AGENT) to say whose inbox")
     return who
@@ -66,7 +65,7 @@ def inbox_send(to: str, text: str | None, content_opt: str | None, from_: str | 
     if not content:
         raise click.UsageError('give the message: pd inbox send AGENT "text"')
     result = call("inbox.send", id=to, content=content, type=type_,
-                  **{"from": from_ or ctxmod.load(options().config.home).agent_id})
+                  **{"from": my_agent(from_)})
     output(result, lambda r: f"sent #{r['messageId']} to {to}", quiet=result["messageId"])
 
 

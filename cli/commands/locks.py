@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 import click
 
 from cli import context as ctxmod
-from cli.common import call, duration_ms, options, output, output_options, table
+from cli.common import call, duration_ms, options, output, output_options, table, when
 from pdcore.client import Client
 from pdcore.errors import OpError
 
@@ -40,10 +39,6 @@ def default_owner() -> tuple[str, str | None]:
     sid, _start = ctxmod.terminal_key()
     return f"{user}@{socket.gethostname()}:{sid}", None
 
-
-def when(ms: int | None) -> str:
-    """Epoch ms as local time for humans."""
-    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def _held(r: dict) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.common import call, duration_ms, options, output, output_options, table
+from cli.common import call, duration_ms, my_agent, options, output, output_options, table
 
 CHANNEL_COLUMNS = [("channel", "CHANNEL"), ("count", "MESSAGES"), ("lastId", "LAST ID"), ("lastMessage", "LAST AT")]
 
@@ -48,7 +48,7 @@ def pub(channel: str, message: str | None, message_opt: str | None, parse: bool,
             payload = json.loads(text)
         except ValueError as exc:
             raise click.BadParameter(f"not JSON: {exc}", param_hint="MESSAGE") from None
-    result = call("msg.publish", channel=channel, payload=payload, sender=sender or os.environ.get("PORT_DADDY_AGENT"),
+    result = call("msg.publish", channel=channel, payload=payload, sender=my_agent(sender),
                   expires=duration_ms(expires))
     output(result, lambda r: f"published #{r['id']} on {r['channel']}", quiet=result["id"])
 

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from cli import context as ctxmod
-from cli.common import call, fail, options, output, output_options
-
-
-def _when(ms: int | None) -> str:
-    return "-" if ms is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+from cli.common import call, fail, my_agent, options, output, output_options, when
 
 
 def _entry_human(e: dict) -> str:
     lines = [f"{e['agentId']} [{e['status']}] {e['purpose']!r}",
-             f"  session {e['sessionId']}, identity {e['identity'] or '-'}, died {_when(e['diedAt'])} "
-             f"({e['reason']}), last heartbeat {_when(e['lastHeartbeat'])}"]
+             f"  session {e['sessionId']}, identity {e['identity'] or '-'}, died {when(e['diedAt'])} "
+             f"({e['reason']}), last heartbeat {when(e['lastHeartbeat'])}"]
     if e.get("claimedBy"):
-        lines.append(f"  claimed by {e['claimedBy']} at {_when(e['claimedAt'])}")
+        lines.append(f"  claimed by {e['claimedBy']} at {when(e['claimedAt'])}")
     if e["files"]:
         lines.append(f"  files: {', '.join(e['files'])}")
     for n in e.get("notes", []):
@@ -28,7 +22,7 @@ def _entry_human(e: dict) -> str:
 
 
 def _me(claimed_by: str | None) -> str | None:
-    return claimed_by or ctxmod.load(options().config.home).agent_id
+    return my_agent(claimed_by)
 
 
 @click.group(invoke_without_command=True)

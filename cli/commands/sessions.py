@@ -47,8 +47,8 @@ def need_session(session: str | None) -> str:
     here = current()
     sid = session or here.session_id
     if not sid and here.agent_id:
-        found = call("session.list", status="active", agentId=here.agent_id, limit=1)["sessions"]
-        sid = found[0]["id"] if found else None
+        me = call("sugar.whoami", agentId=here.agent_id)  # the core's rule for an agent's active session
+        sid = me["sessionId"] if me["active"] else None
         if not sid:
             fail(f"agent {here.agent_id} has no active session; run `pd begin \"what you are doing\"` "
                  "or pass --session")

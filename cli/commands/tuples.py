@@ -9,12 +9,11 @@ refused there with the position named.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import click
 
-from cli.common import call, duration_ms, output, output_options
+from cli.common import call, duration_ms, my_agent, output, output_options
 
 HARBOR_HELP = "Harbor (default: the global space)."
 AGENT_HELP = "Act as this agent (default: $PORT_DADDY_AGENT); checked in gated harbors."
@@ -46,7 +45,7 @@ def _pattern(words: tuple[str, ...]) -> Any:
 
 
 def _agent(agent: str | None) -> str | None:
-    return agent or os.environ.get("PORT_DADDY_AGENT") or None
+    return my_agent(agent)
 
 
 def _line(t: dict) -> str:

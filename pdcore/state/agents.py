@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 
 from pdcore.errors import OpError
+from pdcore.procs import pid_alive, process_start
 from pdcore.state.base import Ctx, Primitive
-from pdcore.state.ports import pid_alive, process_start
 from pdcore.timers import Timer
 
 CHANNEL = "pd:agents"

@@ -14,10 +14,9 @@ import socket
 from _socket import socket as _raw_socket
 from typing import Any
 
-import psutil
-
 from pdcore.errors import OpError
 from pdcore.identity import stable_hash
+from pdcore.procs import pid_alive, process_start
 from pdcore.state.base import Ctx, Primitive
 from pdcore.state.portmap import FreePorts
 from pdcore.state.trie import IdentityTrie, matches
@@ -42,22 +41,6 @@ def port_is_bindable(port: int) -> bool:
     finally:
         s.close()
     return True
-
-
-def process_start(pid: int) -> float | None:
-    """The start time of `pid`, or None when no such process exists."""
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return None
-
-
-def pid_alive(pid: int, started: float | None) -> bool:
-    """Is `pid` still the same process (start time compared, so a reused pid is not it)?"""
-    now_start = process_start(pid)
-    if now_start is None:
-        return False
-    return started is None or abs(now_start - started) < 0.01
 
 
 class Service:

@@ -40,6 +40,9 @@ def _heavy(modules: set[str], heavy: tuple[str, ...]) -> list[str]:
     "import cli.main",
     # what `pd claim x:y:z -q` loads: the root command and the one area module it needs
     "import cli.main; cli.main.cli.get_command(None, 'claim')",
+    # commands that read this terminal's agent (cli.context) must not pay for psutil either
+    "import cli.main; cli.main.cli.get_command(None, 'lock')",
+    "import cli.main; cli.main.cli.get_command(None, 'inbox')",
 ])
 def test_starting_pd_imports_nothing_heavy(code):
     loaded = _modules_after(code)

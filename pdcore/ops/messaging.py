@@ -19,7 +19,7 @@ OPS = (
            Arg("expires", "int", min=1, max=7 * 86400 * 1000, doc="ms until the message leaves history"),
        ),
        reply={"id": "int", "channel": "str", "message": "str"},
-       fire_and_forget=True, actor="sender", errors=("missing_field", "invalid_name", "too_large"),
+       fire_and_forget=True, actor="sender", shared_write=True, errors=("missing_field", "invalid_name", "too_large"),
        routes=(Route("POST", "/msg/{channel}"),), cli=("pub",)),
     Op("msg.history", "channels.history", "Recent messages of a channel (or pattern), oldest first.",
        args=(
@@ -40,7 +40,7 @@ OPS = (
        parks=True, routes=(Route("GET", "/msg/{channel}/poll"),), cli=("channel poll",)),
     Op("msg.clear", "channels.clear", "Forget a channel's history.",
        args=(_CHANNEL,),
-       reply={"channel": "str", "deleted": "int", "message": "str"},
+       reply={"channel": "str", "deleted": "int", "message": "str"}, shared_write=True,
        routes=(Route("DELETE", "/msg/{channel}"),), cli=("channel clear",)),
     Op("msg.channels", "channels.list_channels", "Channels with messages in history, most recent first.",
        args=(Arg("pattern", "name", where="query"),),

@@ -15,7 +15,7 @@ OPS = (
        ),
        reply={"table": "str", "id": "str", "key": "str", "strength": "float", "value": "float",
               "pheromones": "dict"},
-       fire_and_forget=True, errors=("invalid_argument", "invalid_name", "missing_field"),
+       fire_and_forget=True, shared_write=True, errors=("invalid_argument", "invalid_name", "missing_field"),
        routes=(Route("POST", "/pheromone/spray"),), cli=("pheromone spray", "pheromone file")),
     Op("pheromone.sniff", "pheromones.sniff", "The decayed pheromones of one entity.",
        args=(

@@ -121,6 +121,9 @@ class Op:
     # Its body's `agentId` names the agent the op is about (a fleet runner reporting a run of
     # that agent), not the caller: it does not become ctx.agent_id, like an agentId path field.
     subject_agent: bool = False
+    # Not durable, yet a write other agents see (a publish, a spray, a heartbeat that would
+    # re-register its agent): the arbiter's overboard gate refuses it like a durable one.
+    shared_write: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):

@@ -49,9 +49,6 @@ RULES: dict[str, tuple[int, str, str]] = {
 
 # Operations an overboard agent may still run: the ways back on board.
 WRITE_EXEMPT = frozenset({"agent.register", "sugar.begin"})
-# Not durable, yet writes refused for an overboard agent: a heartbeat would quietly re-register
-# it; a publish, a channel's clearing and a pheromone spray change what other agents see.
-ALSO_REFUSED = frozenset({"agent.heartbeat", "heartbeat", "msg.publish", "msg.clear", "pheromone.spray"})
 
 
 class Overboard:
@@ -209,8 +206,8 @@ class Arbiter(Primitive):
         name = getattr(op, "name", op)
         if name in WRITE_EXEMPT:
             return
-        if op is not None and not getattr(op, "durable", True) and name not in ALSO_REFUSED:
-            return
+        if op is not None and not getattr(op, "durable", True) and not getattr(op, "shared_write", False):
+            return  # a read (the non-durable writes are marked Op.shared_write)
         self._check_actor(ctx, ctx.agent_id)
         field = getattr(op, "actor", None)
         if field is not None and args:

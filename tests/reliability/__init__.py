@@ -1,0 +1,1 @@
+"""Reliability and security under hostile local users and clients (issue: security and hardening)."""

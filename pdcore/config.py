@@ -78,6 +78,10 @@ class Config:
     channel_ring_age_ms: int = 3600 * 1000
     sse_max_per_client: int = 16
     subscriber_queue_max: int = 1024 * 1024  # bytes buffered for a slow subscriber before drops
+    subscribe_patterns_per_connection: int = 10_000  # channel patterns one connection may subscribe to
+    subscribe_patterns_max: int = 100_000  # pattern subscriptions across all connections
+    subscribe_scanned_patterns_per_connection: int = 32  # of those, patterns the index cannot decide (two runs of *, ?, [..])
+    subscribe_scanned_patterns_max: int = 256  # scanned patterns across all connections (each is checked on publish)
     # pheromones
     pheromone_half_life_ms: int = 10 * 60 * 1000
     # activity log

@@ -10,7 +10,6 @@ commit). Calls that must wait are parked and retried when the state they wait on
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import os
 import signal
@@ -29,11 +28,11 @@ from pdcore.config import Config, load_config
 from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, VALIDATORS
-from pdcore.ops.schema import is_pattern
 from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.state import Ctx, Park, State
 from pdcore.store import Store
+from pdcore.subscriptions import Subscriptions
 
 log = logging.getLogger("pd.core")
 
@@ -104,7 +103,7 @@ class Connection(asyncio.Protocol):
     """One client connection: frame decoding, rate limit, strikes, flow control."""
 
     __slots__ = ("core", "public", "id", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
-                 "subs", "parked", "closed", "reading_paused", "dropped", "dropped_on", "limited")
+                 "parked", "closed", "reading_paused", "dropped", "dropped_on", "limited")
 
     def __init__(self, core: Core, public: bool) -> None:
         self.core = core
@@ -116,7 +115,6 @@ class Connection(asyncio.Protocol):
         self.strikes = 0
         self.tokens = float(core.config.ipc_rate_limit)
         self.refill_at = time.monotonic()
-        self.subs: set[str] = set()
         self.parked: dict[int, Parked] = {}
         self.closed = False
         self.reading_paused = False
@@ -210,8 +208,7 @@ class Core:
         self._flush_scheduled = False
         self._park_seq = 0
         self.waiting: dict[Any, list[Parked]] = {}
-        self.subs_exact: dict[str, set[Connection]] = {}
-        self.subs_pattern: dict[str, set[Connection]] = {}
+        self.subscriptions = Subscriptions.from_config(config)
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pd-offload")
@@ -282,9 +279,7 @@ class Core:
             return
         if conn.public:
             self.public_count -= 1
-        for pattern in conn.subs:
-            self._unsubscribe(conn, pattern)
-        conn.subs.clear()
+        self.subscriptions.drop(conn)
         for parked in list(conn.parked.values()):
             self._finish_parked(parked)
         conn.parked.clear()
@@ -573,35 +568,23 @@ class Core:
                 conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error("subscribe", err)))
             return
         if type_ == P.SUBSCRIBE:
-            for ch in channels:
-                if ch not in conn.subs:
-                    conn.subs.add(ch)
-                    table = self.subs_pattern if is_pattern(ch) else self.subs_exact
-                    table.setdefault(ch, set()).add(conn)
             action = "subscribe"
+            try:
+                self.subscriptions.subscribe(conn, channels)
+            except OpError as err:  # a cap: nothing of this SUBSCRIBE was applied
+                if conv_id:
+                    conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(action, err)))
+                return
         else:
-            for ch in channels:
-                if ch in conn.subs:
-                    conn.subs.discard(ch)
-                    self._unsubscribe(conn, ch)
             action = "unsubscribe"
-        if conv_id:
-            conn.send(P.encode_body(P.AGREE, conv_id, _pack({"action": action, "channels": sorted(conn.subs)})))
-
-    def _unsubscribe(self, conn: Connection, ch: str) -> None:
-        table = self.subs_pattern if is_pattern(ch) else self.subs_exact
-        members = table.get(ch)
-        if members is not None:
-            members.discard(conn)
-            if not members:
-                del table[ch]
+            self.subscriptions.unsubscribe(conn, channels)
+        if conv_id:  # this frame's names, not all the connection's: a reply must not cost O(its patterns)
+            body = {"action": action, "channels": sorted(set(channels)), "count": self.subscriptions.count(conn)}
+            conn.send(P.encode_body(P.AGREE, conv_id, _pack(body)))
 
     def deliver(self, channel: str, message: dict) -> None:
         """Push one published message to every connection subscribed to its channel."""
-        targets: set[Connection] = set(self.subs_exact.get(channel, ()))
-        for pattern, members in self.subs_pattern.items():
-            if fnmatch.fnmatchcase(channel, pattern):
-                targets |= members
+        targets: set[Connection] = self.subscriptions.subscribers(channel)  # type: ignore[assignment]
         if not targets:
             return
         frame = P.encode_body(P.INFORM, 0, _pack({"action": "msg.delivery", **message}))

@@ -145,15 +145,18 @@ def _element(value: Any, position: int) -> Callable[[Any], bool] | None:
 
 
 class Pattern:
-    """A validated pattern: `match(fields)`, its arity and its index key (first element or ANY)."""
+    """A validated pattern: `match(fields)`, its arity, its index key (first element or ANY), and
+    its exact-valued elements as (position, canon(value)), by which waiters are found."""
 
-    __slots__ = ("source", "arity", "head", "tests")
+    __slots__ = ("source", "arity", "head", "tests", "exact")
 
-    def __init__(self, source: list, tests: list[tuple[int, Callable[[Any], bool]]], head: Any) -> None:
+    def __init__(self, source: list, tests: list[tuple[int, Callable[[Any], bool]]], head: Any,
+                 exact: tuple[tuple[int, Any], ...] = ()) -> None:
         self.source = source
         self.arity = len(source)
         self.head = head
         self.tests = tests
+        self.exact = exact
 
     def match(self, fields: list) -> bool:
         if len(fields) < self.arity:
@@ -188,16 +191,15 @@ def compile_pattern(raw: Any) -> Pattern:
     if len(raw) > MAX_FIELDS:
         raise _bad(MAX_FIELDS, f"pattern has {len(raw)} elements but a tuple has at most {MAX_FIELDS}")
     tests = []
+    exact = []
     for i, value in enumerate(raw):
         test = _element(value, i)
         if test is not None:
             tests.append((i, test))
-    head: Any = ANY
-    if raw and tests and tests[0][0] == 0:
-        first = raw[0]
-        if not (isinstance(first, str) and (first[:1] in (">", "<") or "*" in first)):
-            head = canon(first)
-    return Pattern(raw, tests, head)
+            if not (isinstance(value, str) and (value[:1] in (">", "<") or "*" in value)):
+                exact.append((i, canon(value)))
+    head = exact[0][1] if exact and exact[0][0] == 0 else ANY
+    return Pattern(raw, tests, head, tuple(exact))
 
 
 def _check_json(value: Any, field: str, depth: int) -> None:

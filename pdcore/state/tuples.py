@@ -9,8 +9,9 @@ cost of a take does not grow with tuples in other harbors or under other first e
 Tuples are written to SQLite (the core commits before replying), so an acknowledged `out`
 survives kill -9 and an acknowledged `in` has deleted its tuple in the same transaction: a
 taken tuple is never served again. Ids come from an AUTOINCREMENT sequence and are never
-reused. `rd`, `in` and `poll` take `wait` (ms): with nothing to serve they park on the keys of
-their harbor and first element until an `out` wakes them or the wait ends (empty result).
+reused. `rd`, `in` and `poll` take `wait` (ms): with nothing to serve they park on the key of
+their harbor and last exact-valued element (`wait_keys`) until an `out` of a tuple holding
+that value there wakes them, or the wait ends (empty result).
 Every `out` is published on channel `tuple` (global space) or `tuple:<harbor>`.
 """
 
@@ -39,10 +40,25 @@ def tuple_channel(harbor: str | None) -> str:
 
 
 def wait_keys(harbor: str | None, pattern: Pattern) -> tuple:
-    """The wake keys a parked rd/in/poll waits on."""
-    if pattern.head is ANY:
+    """The wake key a parked rd/in/poll waits on: its last exact-valued element, else the harbor.
+
+    A tuple it can match has that value at that position, so only an `out` of such a tuple
+    retries it; waiters with different values (`["task", "a"]`, `["task", "b"]`) are not woken
+    by each other's tuples. The last exact element is taken because it is usually the most
+    particular (`["task", "build-auth", "*"]`).
+    """
+    if not pattern.exact:
         return (("tuple", harbor, "any"),)
-    return (("tuple", harbor, "head", pattern.head),)
+    position, value = pattern.exact[-1]
+    return (("tuple", harbor, "at", position, value),)
+
+
+def out_keys(harbor: str | None, fields: list, head: Any) -> Iterator[tuple]:
+    """The wake keys an `out` of `fields` wakes: one per position, and the harbor's."""
+    yield ("tuple", harbor, "at", 0, head)
+    for position in range(1, len(fields)):
+        yield ("tuple", harbor, "at", position, canon(fields[position]))
+    yield ("tuple", harbor, "any")
 
 
 class TupleRecord:
@@ -224,8 +240,8 @@ class Tuples(Primitive):
         self.store.stage(_INSERT_TUPLE, (rec.id, harbor, json.dumps(data, separators=(",", ":")), written_by, ctx.now,
                                          expires_at))
         self._index(rec)
-        self.root.wake(("tuple", harbor, "head", rec.head))
-        self.root.wake(("tuple", harbor, "any"))
+        for key in out_keys(harbor, data, rec.head):
+            self.root.wake(key)
         self.root.activity.record(ctx, "tuple.out", harbor, actor=written_by, id=rec.id)
         out = rec.to_dict()
         self.root.publish(tuple_channel(harbor), {"event": "tuple.out", "tuple": out}, written_by, ctx.now)

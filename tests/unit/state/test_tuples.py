@@ -1,10 +1,13 @@
 """The tuple space (SPEC.md §8) in process: out / rd / in / poll / scan / count, waits, TTL, restarts."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pdcore.errors import OpError
 from pdcore.state import Park
-from pdcore.state.tuplepattern import Pattern
+from pdcore.state.tuplepattern import Pattern, canon, compile_pattern
+from pdcore.state.tuples import out_keys, wait_keys
 
 
 def out(h, fields, **kw):
@@ -116,11 +119,11 @@ def test_in_with_wait_parks_and_a_new_tuple_wakes_it(harness):
     assert isinstance(parked, Park)
     assert parked.deadline == harness.clock.now + 5000
     assert parked.on_timeout == {"taken": [], "count": 0}
-    assert parked.keys == (("tuple", "h", "head", "job"),)
+    assert parked.keys == (("tuple", "h", "at", 0, "job"),)
     harness.state.pending_wakes.clear()
     out(harness, ["job", 1], harbor="other")  # other harbor: not this waiter's key
     out(harness, ["job", 2], harbor="h")
-    assert ("tuple", "h", "head", "job") in harness.state.pending_wakes
+    assert ("tuple", "h", "at", 0, "job") in harness.state.pending_wakes
     ctx = harness.ctx()
     ctx.retry = True
     got = tuples.take(ctx, pattern=["job", "*"], wait=5000, harbor="h")
@@ -207,3 +210,29 @@ def test_open_harbor_checks_nothing(harness):
     st = harness.state
     st.harbors.create(harness.ctx(), name="open:fleet")
     assert st.tuples.out(harness.ctx("anyone"), fields=["x"], harbor="open:fleet")["tuple"]["id"]
+
+
+def test_waiters_are_woken_only_by_tuples_holding_their_exact_value(harness):
+    tuples = harness.state.tuples
+    parked = tuples.rd(harness.ctx(), pattern=["*", "x7", ">1"], wait=5000, harbor="h")
+    assert parked.keys == (("tuple", "h", "at", 1, "x7"),)  # the last exact-valued element
+    harness.state.pending_wakes.clear()
+    out(harness, ["task", "x8", 2], harbor="h")
+    assert ("tuple", "h", "at", 1, "x7") not in harness.state.pending_wakes
+    out(harness, ["task", "x7", 2], harbor="h")
+    assert ("tuple", "h", "at", 1, "x7") in harness.state.pending_wakes
+
+
+tuple_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2) | st.sampled_from([1.0, 0.5]) | st.sampled_from(["a", "b", "a:b"]),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from("ab"), inner, max_size=2),
+    max_leaves=4)
+pattern_elements = tuple_values | st.sampled_from(["*", ">0", "<=1", "a:*", "*"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(pattern_elements, max_size=4), st.lists(tuple_values, min_size=1, max_size=5))
+def test_an_out_wakes_every_waiter_whose_pattern_its_tuple_matches(raw, fields):
+    pattern = compile_pattern(raw)
+    if pattern.match(fields):
+        assert set(wait_keys("h", pattern)) & set(out_keys("h", fields, canon(fields[0])))

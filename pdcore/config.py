@@ -107,6 +107,8 @@ class Config:
     tuple_scan_limit_default: int = 200  # tuples returned by scan without `limit`
     tuple_limit_max: int = 10_000  # largest `limit` of rd/in/scan/poll
     tuple_wait_max_ms: int = 600_000  # longest `wait` a rd/in/poll may park for
+    take_record_ttl_ms: int = 3_600_000  # how long a take's result is kept under its requestId for a repeat
+    take_records_max: int = 100_000  # take results kept under request ids; beyond: the oldest are dropped
     pheromone_half_life_overrides: dict = field(default_factory=dict)  # "key" or "table.key" -> half-life ms
     pheromone_floor: float = 0.01  # values below read as 0 and are collected
     pheromone_gc_interval_ms: int = 60_000  # housekeeping pass dropping faded pheromones

@@ -89,6 +89,12 @@ class Arg:
             raise ValueError(f"unknown arg type {self.type!r} for {self.name}")
 
 
+REQUEST_ID_MAX = 128
+REQUEST_ID = Arg("requestId", "str", min=1, max_len=REQUEST_ID_MAX,
+                 doc="the caller's id of this take (1-128 characters, e.g. a UUID): a repeat with the same id "
+                     "returns the same result instead of taking again (the SDK sets one and repeats after a lost reply)")
+
+
 @dataclass(frozen=True)
 class Route:
     """An HTTP route reaching an operation. `path` uses Falcon's `{param}` templates."""
@@ -124,10 +130,16 @@ class Op:
     # Not durable, yet a write other agents see (a publish, a spray, a heartbeat that would
     # re-register its agent): the arbiter's overboard gate refuses it like a durable one.
     shared_write: bool = False
+    # Removes something for one consumer (a tuple, a salvage entry) and accepts `requestId`: a
+    # repeat with the same id returns the recorded result (state/takerecords.py); the SDK gives
+    # every such call a fresh id and repeats it after a lost reply.
+    takes: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):
             raise ValueError(f"{self.name}: actor {self.actor!r} is not one of its arguments")
+        if self.takes and all(a.name != "requestId" for a in self.args):
+            raise ValueError(f"{self.name}: a take must accept requestId (schema.REQUEST_ID)")
 
     @property
     def method_name(self) -> str:
@@ -164,10 +176,13 @@ def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
 
 def _string(arg: Arg, control_re: re.Pattern, default_len: int) -> Callable[[Any], Any]:
     name, max_len, choices = arg.name, arg.max_len or default_len, arg.choices
+    min_len = int(arg.min or 0)  # on a string argument, `min` is its shortest length
 
     def check(v: Any) -> Any:
         if not isinstance(v, str):
             raise OpError("invalid_argument", f"{name} must be a string", name)
+        if len(v) < min_len:
+            raise OpError("invalid_argument", f"{name} must be at least {min_len} character(s)", name)
         if len(v) > max_len:
             raise OpError("too_large" if max_len >= 4096 else "invalid_argument", f"{name} is longer than {max_len} characters", name)
         if control_re.search(v):

@@ -1,6 +1,6 @@
 """Operations on the tuple space (SPEC.md §8), with the Port Daddy 3.8 routes and shapes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import REQUEST_ID, Arg, Op, Route
 
 _LIMIT_MAX = 100_000
 _WAIT_MAX = 24 * 3600 * 1000  # the handler caps waits at tuple_wait_max_ms
@@ -40,8 +40,10 @@ OPS = (
            Arg("limit", "int", min=1, max=_LIMIT_MAX, doc="how many to take (default 1)"),
            Arg("wait", "int", min=0, max=_WAIT_MAX, doc="ms to park until a match arrives; then an empty result"),
            _AGENT,
+           REQUEST_ID,
        ),
-       reply={"taken": "list", "count": "int"}, durable=True, parks=True, errors=(*_ERRORS, "missing_field"),
+       reply={"taken": "list", "count": "int", "repeated": "bool"}, durable=True, parks=True, takes=True,
+       errors=(*_ERRORS, "missing_field", "conflict"),
        routes=(Route("DELETE", "/tuples"), Route("POST", "/tuples/take")), cli=("tuple in",)),
     Op("tuple.poll", "tuples.poll", "The next tuples matching a pattern after a cursor id (walk the space by id).",
        args=(

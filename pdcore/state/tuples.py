@@ -258,11 +258,20 @@ class Tuples(Primitive):
         limit: int | None = None,
         wait: int | None = None,
         agentId: str | None = None,
+        requestId: str | None = None,
     ) -> dict | Park:
-        """Linda's `in`: remove and return the oldest matches; exactly one taker gets each tuple."""
+        """Linda's `in`: remove and return the oldest matches; exactly one taker gets each tuple.
+
+        With `requestId`, a take that took something is recorded; its repeat returns the same tuples.
+        """
         if pattern is None:
             raise OpError("missing_field", "pattern is required: a JSON array such as [\"task\", \"*\"] ([] takes any)",
                           "pattern")
+        asked = {"pattern": pattern, "harbor": harbor, "limit": limit}
+        records = self.root.take_records
+        repeat = records.recall(requestId, "tuple.in", asked)
+        if repeat is not None:
+            return repeat
         pat = compile_pattern(pattern)
         harbor = self._harbor(harbor)
         limit = self._limit(limit, 1)
@@ -279,7 +288,9 @@ class Tuples(Primitive):
         ids = [r.id for r in found]
         self.root.activity.record(ctx, "tuple.in", harbor, actor=actor, ids=ids)
         self.root.publish(tuple_channel(harbor), {"event": "tuple.in", "ids": ids, "takenBy": actor}, actor, ctx.now)
-        return {"taken": taken, "count": len(taken)}
+        result = {"taken": taken, "count": len(taken)}
+        records.remember(ctx, requestId, "tuple.in", asked, result)
+        return result
 
     def poll(
         self,

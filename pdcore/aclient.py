@@ -102,14 +102,15 @@ class AsyncClient:
     async def _take(self, op: Op, args: dict) -> Any:
         """Run a take with a request id, repeating it with the same id after a lost reply."""
         args.setdefault("requestId", new_request_id())
-        deadline = time.monotonic() + self.timeout + (args.get("wait") or 0) / 1000.0
-        delay, lost = 0.05, False
+        deadline = None  # the repeats get the call's timeout, counted from the first lost reply
+        delay = 0.05
         while True:
             try:
                 return await self._call(op, args)
             except OpError as err:
-                lost = lost or bool(err.extra.get("replyLost"))
-                if err.code != "unavailable" or not lost or time.monotonic() + delay > deadline:
+                if deadline is None and err.extra.get("replyLost"):
+                    deadline = time.monotonic() + self.timeout + (args.get("wait") or 0) / 1000.0
+                if err.code != "unavailable" or deadline is None or time.monotonic() + delay > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, TAKE_RETRY_DELAY_MAX_S)

@@ -174,10 +174,10 @@ class Tuples(Primitive):
         return sum(1 for _ in self._find(now, harbor, pattern, len(self.by_id) + 1))
 
     # -- helpers ---------------------------------------------------------------------------
-    def _limit(self, limit: int | None, default: int) -> int:
-        if limit is None:
-            return default
-        return max(1, min(limit, self.config.tuple_limit_max))
+    @staticmethod
+    def _limit(limit: int | None, default: int) -> int:
+        """The catalogue refuses a limit above tuple_limit_max; absent, the op's default."""
+        return default if limit is None else limit
 
     def _wait(self, wait: int | None) -> int:
         return min(wait or 0, self.config.tuple_wait_max_ms)

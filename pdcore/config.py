@@ -69,7 +69,7 @@ class Config:
     note_max_bytes: int = 64 * 1024
     salvage_note_count: int = 10
     session_max_files: int = 1000  # file claims per session
-    notes_list_max: int = 1000  # notes returned by one list call
+    notes_list_max: int = 1000  # largest `limit` of a notes list; above it the call is refused (400)
     # locks
     lock_ttl_default_ms: int = 300_000
     lock_ttl_max_ms: int = 24 * 3600 * 1000

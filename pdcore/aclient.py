@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from pdcore import protocol as P
-from pdcore.client import DOWN_MESSAGE, FramePacer, _make_sync, _next_conv, _reply_value, http_request
+from pdcore.client import (
+    DOWN_MESSAGE,
+    TAKE_RETRY_DELAY_MAX_S,
+    FramePacer,
+    _make_sync,
+    _next_conv,
+    _reply_value,
+    http_request,
+    new_request_id,
+    reply_lost,
+)
 from pdcore.config import Config, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
@@ -20,7 +30,12 @@ from pdcore.ops import CATALOGUE, Op
 
 # -- the asyncio client ----------------------------------------------------------------------
 class AsyncClient:
-    """The asyncio twin of Client: same methods, awaited; many calls may be in flight at once."""
+    """The asyncio twin of Client: same methods, awaited; many calls may be in flight at once.
+
+    Takes get a request id and are repeated after a lost reply, as with Client.
+    """
+
+    retry_takes = True
 
     def __init__(self, config: Config | None = None, home: str | None = None, timeout: float = 30.0) -> None:
         self.config = config or load_config(home)
@@ -69,8 +84,7 @@ class AsyncClient:
         finally:
             for fut in self._waiters.values():
                 if not fut.done():
-                    fut.set_exception(OpError("unavailable", "the connection to the daemon was lost before it "
-                                                             "answered; the operation may or may not have applied"))
+                    fut.set_exception(reply_lost())
             self._waiters.clear()
             if self._writer is not None:
                 self._writer.close()
@@ -81,6 +95,29 @@ class AsyncClient:
         if op is None:
             raise OpError("unknown_action", f"unknown action {action!r}", "action")
         args = {k: v for k, v in args.items() if v is not None}
+        if op.takes and self.retry_takes:
+            return await self._take(op, args)
+        return await self._call(op, args)
+
+    async def _take(self, op: Op, args: dict) -> Any:
+        """Run a take with a request id, repeating it with the same id after a lost reply."""
+        args.setdefault("requestId", new_request_id())
+        deadline = None  # the repeats get the call's timeout, counted from the first lost reply
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(op, args)
+            except OpError as err:
+                if deadline is None and err.extra.get("replyLost"):
+                    deadline = time.monotonic() + self.timeout + (args.get("wait") or 0) / 1000.0
+                if err.code != "unavailable" or deadline is None or time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, TAKE_RETRY_DELAY_MAX_S)
+
+    async def _call(self, op: Op, args: dict) -> Any:
+        """Send one operation once (IPC, or HTTP when there is no IPC socket) and return its result."""
+        action = op.name
         if not Path(self.config.ipc).exists() and self._writer is None:
             return await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
         writer = await self._connect()

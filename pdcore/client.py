@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import socket
 import time
 import urllib.parse
@@ -30,7 +31,20 @@ if TYPE_CHECKING:
     import http.client
 
 DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
+LOST_MESSAGE = ("the connection to the daemon was lost before it answered; the operation may or may not have "
+                "been applied")
+TAKE_RETRY_DELAY_MAX_S = 1.0  # the longest pause between repeats of a take whose reply was lost
 _conv_ids = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A fresh id for one take (128 random bits, hex)."""
+    return os.urandom(16).hex()
+
+
+def reply_lost() -> OpError:
+    """The error of a call sent whose reply never came: a take is repeated after it (see Client._take)."""
+    return OpError("unavailable", LOST_MESSAGE, replyLost=True)
 
 
 def _next_conv() -> int:
@@ -172,7 +186,15 @@ class FramePacer:
 
 # -- the sync client -------------------------------------------------------------------------
 class Client:
-    """A synchronous client; one per thread. `call()` raises OpError on refusal or failure."""
+    """A synchronous client; one per thread. `call()` raises OpError on refusal or failure.
+
+    A take (an op marked `takes`: tuple.in, salvage.claim) gets a fresh `requestId` unless the
+    caller gives one; when its reply is lost it reconnects and repeats the take with that id until
+    the call's timeout, and the daemon answers the repeat with the first result. Set
+    `retry_takes = False` on a client to send takes without an id and get the lost reply as an error.
+    """
+
+    retry_takes = True
 
     def __init__(self, config: Config | None = None, home: str | None = None, timeout: float = 30.0,
                  transport: str = "auto", connect_retry_s: float = 3.0) -> None:
@@ -232,6 +254,29 @@ class Client:
         if op is None:
             raise OpError("unknown_action", f"unknown action {action!r}", "action")
         args = {k: v for k, v in args.items() if v is not None}
+        if op.takes and self.retry_takes:
+            return self._take(op, args)
+        return self._call(op, args)
+
+    def _take(self, op: Op, args: dict) -> Any:
+        """Run a take with a request id, repeating it with the same id after a lost reply."""
+        args.setdefault("requestId", new_request_id())
+        deadline = None  # the repeats get the call's timeout, counted from the first lost reply
+        delay = 0.05
+        while True:
+            try:
+                return self._call(op, args)
+            except OpError as err:
+                if deadline is None and err.extra.get("replyLost"):
+                    deadline = time.monotonic() + self._timeout_for(args)
+                if err.code != "unavailable" or deadline is None or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, TAKE_RETRY_DELAY_MAX_S)
+
+    def _call(self, op: Op, args: dict) -> Any:
+        """Send one operation once (shared memory, IPC or HTTP) and return its result."""
+        action = op.name
         if self._shm is not None:
             result = self._shm.try_call(action, args)
             if result is not None:
@@ -247,8 +292,7 @@ class Client:
             return self._await_reply(sock, conv)
         except OSError:
             self.close()
-            raise OpError("unavailable", "the connection to the daemon was lost before it answered; "
-                                         "the operation may or may not have been applied") from None
+            raise reply_lost() from None
 
     def fire(self, action: str, **args: Any) -> None:
         """Send a fire-and-forget operation (no reply, even on error) over IPC."""

@@ -69,7 +69,7 @@ class Config:
     note_max_bytes: int = 64 * 1024
     salvage_note_count: int = 10
     session_max_files: int = 1000  # file claims per session
-    notes_list_max: int = 1000  # notes returned by one list call
+    notes_list_max: int = 1000  # largest `limit` of a notes list; above it the call is refused (400)
     # locks
     lock_ttl_default_ms: int = 300_000
     lock_ttl_max_ms: int = 24 * 3600 * 1000
@@ -111,6 +111,8 @@ class Config:
     tuple_scan_limit_default: int = 200  # tuples returned by scan without `limit`
     tuple_limit_max: int = 10_000  # largest `limit` of rd/in/scan/poll
     tuple_wait_max_ms: int = 600_000  # longest `wait` a rd/in/poll may park for
+    take_record_ttl_ms: int = 3_600_000  # how long a take's result is kept under its requestId for a repeat
+    take_records_max: int = 100_000  # take results kept under request ids; beyond: the oldest are dropped
     pheromone_half_life_overrides: dict = field(default_factory=dict)  # "key" or "table.key" -> half-life ms
     pheromone_floor: float = 0.01  # values below read as 0 and are collected
     pheromone_gc_interval_ms: int = 60_000  # housekeeping pass dropping faded pheromones

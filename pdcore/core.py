@@ -27,7 +27,8 @@ from pdcore import protocol as P
 from pdcore.config import Config, load_config
 from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
-from pdcore.ops import CATALOGUE, VALIDATORS
+from pdcore.ops import CATALOGUE
+from pdcore.ops.schema import compile_validator
 from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.state import Ctx, Park, State
@@ -357,7 +358,8 @@ class Core:
             op = CATALOGUE.get(action)
             if op is None:
                 return None
-            entry = self._entries[action] = _Entry(op, self.state.handler(op.handler), VALIDATORS[action])
+            entry = self._entries[action] = _Entry(op, self.state.handler(op.handler),
+                                                   compile_validator(op, self.config))
         return entry
 
     def dispatch(self, conn: Connection, conv_id: int, payload: dict, now_ms: int, body: bytes | None = None) -> None:

@@ -20,6 +20,47 @@ if TYPE_CHECKING:
     from pdcore.config import Config
 
 
+FILE_NAME_MAX = 200  # characters of a caller's name that may become a file name
+_FILE_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:@-")
+_MAPPED_MAX = 180  # longer mapped names keep their start and gain a digest (NAME_MAX is 255 bytes)
+
+
+def file_name(name: object, field: str = "name") -> str:
+    """The one file name a caller's name (agent id, fleet or agent name) becomes inside a folder.
+
+    Every name that reaches the file system goes through here, so nothing is written outside its
+    folder: characters other than A-Z a-z 0-9 . _ : @ - (so `/`, `*`, `%`) and a leading `.` are
+    %XX-escaped (`../x` -> `%2E.%2Fx`, never a path), and the mapping is one-to-one. A name that
+    is empty, longer than FILE_NAME_MAX, or holds NUL or control characters is refused.
+    """
+    from pdcore.errors import OpError
+
+    if not isinstance(name, str) or not name:
+        raise OpError("invalid_name", f"{field} must be a non-empty string", field)
+    if len(name) > FILE_NAME_MAX:
+        raise OpError("invalid_name", f"{field} is longer than {FILE_NAME_MAX} characters", field)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise OpError("invalid_name", f"{field} must not contain NUL or control characters", field)
+    mapped = "".join(ch if ch in _FILE_SAFE and not (i == 0 and ch == ".") else
+                     "".join(f"%{b:02X}" for b in ch.encode()) for i, ch in enumerate(name))
+    if len(mapped) > _MAPPED_MAX:
+        import hashlib
+
+        mapped = mapped[:_MAPPED_MAX - 17] + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+    return mapped
+
+
+def home_file(home: Path, *folders: str, name: object, suffix: str = "", field: str = "name") -> Path:
+    """`home/folders.../<file_name(name)><suffix>`, checked to lie inside `home` (or refused)."""
+    from pdcore.errors import OpError
+
+    path = Path(home).joinpath(*folders, file_name(name, field) + suffix)
+    root = Path(home).resolve()
+    if not path.resolve().is_relative_to(root):  # a folder given by the caller, or a symlink out
+        raise OpError("invalid_name", f"{field} leads outside the home folder", field)
+    return path
+
+
 # Set by the supervisor in its children's environment: the pid they must outlive no longer than.
 SUPERVISOR_PID_ENV = "PORT_DADDY_SUPERVISOR_PID"
 SUPERVISOR_CHECK_S = 1.0

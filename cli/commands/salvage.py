@@ -47,13 +47,14 @@ def salvage(ctx: click.Context, project: str | None, all_: bool, pending: bool, 
 @salvage.command("claim")
 @click.argument("agent_id")
 @click.option("--as", "claimed_by", help="Claim as this agent (default: this terminal's agent).")
+@click.option("--request-id", help="Id of this claim: repeated with the same id, it answers the same again.")
 @output_options
-def salvage_claim(agent_id: str, claimed_by: str | None) -> None:
+def salvage_claim(agent_id: str, claimed_by: str | None, request_id: str | None) -> None:
     """Take over AGENT_ID's work; your session inherits its file claims."""
     me = _me(claimed_by)
     if not me:
         fail('no agent in this terminal: run pd begin "..." first, or pass --as AGENT')
-    result = call("salvage.claim", agentId=agent_id, claimedBy=me)
+    result = call("salvage.claim", agentId=agent_id, claimedBy=me, requestId=request_id)
     here = ctxmod.load(options().config.home)
     if here.agent_id == me and here.session_id != result["sessionId"]:
         ctxmod.save(options().config.home, me, result["sessionId"], here.identity)

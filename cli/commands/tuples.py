@@ -102,11 +102,14 @@ def rd(words: tuple[str, ...], harbor: str | None, limit: int | None, wait: str 
 @click.option("--limit", type=click.IntRange(1, 100_000), help="Take this many (default 1).")
 @click.option("--wait", help="Wait this long for a match (5s); then print nothing.")
 @click.option("--agent", help=AGENT_HELP)
+@click.option("--request-id", help="Id of this take: run again with the same id, it prints the same tuples "
+                                   "instead of taking others (default: a fresh id, repeated after a lost reply).")
 @output_options
-def take(words: tuple[str, ...], harbor: str | None, limit: int | None, wait: str | None, agent: str | None) -> None:
+def take(words: tuple[str, ...], harbor: str | None, limit: int | None, wait: str | None, agent: str | None,
+         request_id: str | None) -> None:
     """Take the oldest matching tuple (removed; exactly one taker gets it). `[]` takes any. -q: its fields."""
     result = call("tuple.in", pattern=_pattern(words), harbor=harbor, limit=limit,
-                  wait=duration_ms(wait), agentId=_agent(agent))
+                  wait=duration_ms(wait), agentId=_agent(agent), requestId=request_id)
     output(result, lambda r: _lines(r["taken"], "nothing taken: no matching tuple"), quiet=_bare(result["taken"]))
 
 

@@ -4,7 +4,7 @@
 fire-and-forget: the core stamps the agent in memory and replies to nobody.
 """
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _PID = Arg("pid", "int", min=1, max=2**31 - 1, doc="the agent's process: it is dead as soon as this process is gone")
 
@@ -49,7 +49,7 @@ OPS = (
            Arg("active", "bool", where="query"),
            Arg("status", "str", choices=("alive", "stale", "dead"), where="query"),
            Arg("identity", "str", max_len=200, where="query", doc="identity prefix"),
-           Arg("limit", "int", default=1000, min=1, max=100_000, where="query"),
+           limit_arg(1000, max=100_000),
        ),
        reply={"agents": "list", "count": "int"},
        routes=(Route("GET", "/agents"),), cli=("agents", "agent list")),

@@ -1,6 +1,6 @@
 """Operations of the arbiter (SPEC.md §12): its status and the recorded violations."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("arbiter.status", "arbiter.status", "The six invariants, strict mode, violation counts, agents overboard.",
@@ -9,7 +9,7 @@ OPS = (
        routes=(Route("GET", "/arbiter"), Route("GET", "/arbiter/status")), cli=("arbiter status",)),
     Op("arbiter.violations", "arbiter.violations", "Recorded violations, newest first: who, what, when.",
        args=(
-           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           limit_arg(50, max=1000),
            Arg("offset", "int", default=0, min=0, where="query"),
            Arg("rule", "str", max_len=40, where="query", doc="PID_SQUATTING, CAP_ESCALATION, ..."),
            Arg("agentId", "name", where="query"),

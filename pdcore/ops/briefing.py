@@ -1,6 +1,6 @@
 """The briefing (SPEC.md §14): `GET /briefing?project=`."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("briefing.get", "briefing.get",
@@ -8,8 +8,7 @@ OPS = (
        "conflicts, salvage, locks, recent notes, integration signals, changelog, harbors, recent activity.",
        args=(
            Arg("project", "str", max_len=64, where="query", doc="project name (default: every project)"),
-           Arg("limit", "int", min=1, max=500, where="query",
-               doc="entries per list (default briefing_limit_default, 20)"),
+           limit_arg(max=500, doc="entries per list (default briefing_limit_default, 20)"),
        ),
        reply={"project": "str", "generatedAt": "int", "markdown": "str", "services": "list", "agents": "list",
               "activeSessions": "list", "fileClaims": "list", "conflicts": "list", "salvage": "list",

@@ -1,7 +1,7 @@
 """Changelog operations (SPEC.md §14): `POST /changelog`, `GET /changelog`."""
 
 from pdcore.choices import CHANGELOG_TYPES as TYPES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("changelog.add", "changelog.add",
@@ -28,7 +28,7 @@ OPS = (
            Arg("type", "str", choices=TYPES, where="query"),
            Arg("since", "int", min=0, where="query", doc="epoch ms"),
            Arg("before", "int", min=0, where="query", doc="entry id, for paging (nextBefore)"),
-           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           limit_arg(50, max=1000),
        ),
        reply={"entries": "list", "count": "int", "nextBefore": "int"},
        routes=(Route("GET", "/changelog"),), cli=("changelog list",)),

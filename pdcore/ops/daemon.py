@@ -1,6 +1,6 @@
 """Operations about the daemon itself and the activity log."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("daemon.health", "daemon.health", "Is the daemon up? Version, uptime, pid.",
@@ -18,7 +18,7 @@ OPS = (
        reply={"config": "dict"}, routes=(Route("GET", "/config"),), cli=("config",)),
     Op("activity.list", "activity.list", "Recent state changes, newest first.",
        args=(
-           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           limit_arg(50, max=1000),
            Arg("type", "str", max_len=100, where="query"),
            Arg("agentId", "name", where="query"),
            Arg("target", "str", max_len=300, where="query"),

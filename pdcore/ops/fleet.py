@@ -10,7 +10,7 @@ from pdcore.choices import SPAWN_BACKENDS as BACKENDS
 from pdcore.choices import SPAWN_OUTCOMES as OUTCOMES
 from pdcore.choices import SPAWN_RUNNER_KINDS as RUNNER_KINDS
 from pdcore.choices import SPAWN_STATES as STATES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the spawned agent's id (or a run id)")
 _FLEET = Arg("name", "name", required=True, where="path", doc="the fleet's name (its project folder's name)")
@@ -44,7 +44,7 @@ OPS = (
            Arg("fleet", "name", where="query"),
            Arg("agentId", "name", where="query"),
            Arg("state", "str", max_len=16, where="query", doc=", ".join(STATES)),
-           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+           limit_arg(100, max=10_000),
        ),
        reply={"agents": "list", "count": "int"},
        routes=(Route("GET", "/spawn"),), cli=("spawned",)),

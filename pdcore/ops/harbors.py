@@ -1,6 +1,6 @@
 """Operations on harbors (SPEC.md §10), with the Port Daddy 3.8 routes and shapes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _NAME = Arg("name", "name", required=True, where="path")
 
@@ -19,7 +19,7 @@ OPS = (
     Op("harbor.list", "harbors.list", "Harbors, newest first, optionally matching a name pattern (myapp:*).",
        args=(
            Arg("pattern", "str", max_len=200, where="query"),
-           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+           limit_arg(100, max=10_000),
        ),
        reply={"harbors": "list", "count": "int"}, errors=("invalid_pattern",),
        routes=(Route("GET", "/harbors"),), cli=("harbor list",)),

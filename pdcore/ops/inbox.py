@@ -1,6 +1,6 @@
 """Inbox operations: durable direct messages to an agent (SPEC.md §7), with the 3.7 routes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _AGENT = Arg("id", "name", required=True, where="path", doc="the agent whose inbox it is")
 _RECIPIENT = Arg("id", "name", required=True, where="path",
@@ -23,7 +23,7 @@ OPS = (
        args=(
            _AGENT,
            Arg("unread", "bool", default=False, where="query"),
-           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           limit_arg(50, max=1000),
            Arg("since", "int", min=0, where="query", doc="epoch ms"),
            Arg("before", "int", min=0, where="query", doc="message id, for paging back"),
        ),

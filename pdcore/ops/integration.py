@@ -1,6 +1,6 @@
 """Integration signal operations (SPEC.md §7), with the 3.7 routes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _SIGNAL_ARGS = (
     Arg("identity", "identity", required=True, where="path", doc="the service signalling"),
@@ -22,7 +22,7 @@ OPS = (
            Arg("project", "str", max_len=64, where="query"),
            Arg("identity", "identity", where="query"),
            Arg("type", "str", choices=("ready", "needs"), where="query"),
-           Arg("limit", "int", default=100, min=1, max=1000, where="query"),
+           limit_arg(100, max=1000),
        ),
        reply={"signals": "list", "count": "int", "latest": "dict"},
        routes=(Route("GET", "/integration"),), cli=("integration list",)),

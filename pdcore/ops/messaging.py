@@ -4,7 +4,7 @@ IPC SUBSCRIBE/UNSUBSCRIBE and the SSE route `/msg/{channel}/subscribe` are not o
 and the HTTP workers serve them directly from `root.deliver`.
 """
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _CHANNEL = Arg("channel", "name", required=True, where="path", doc="channel name (history/poll/clear: or a pattern)")
 
@@ -24,7 +24,7 @@ OPS = (
     Op("msg.history", "channels.history", "Recent messages of a channel (or pattern), oldest first.",
        args=(
            _CHANNEL,
-           Arg("limit", "int", default=50, min=1, max=1000, where="query"),
+           limit_arg(50, max=1000),
            Arg("after", "int", min=0, where="query", doc="only messages with a larger id"),
        ),
        reply={"channel": "str", "messages": "list", "count": "int", "lastId": "int", "firstId": "int"},
@@ -34,7 +34,7 @@ OPS = (
            _CHANNEL,
            Arg("after", "int", min=0, where="query", doc="last id seen (0: from the oldest kept)"),
            Arg("timeout", "int", min=0, max=3_600_000, where="query", doc="ms to wait (default 30000)"),
-           Arg("limit", "int", default=100, min=1, max=1000, where="query"),
+           limit_arg(100, max=1000),
        ),
        reply={"channel": "str", "messages": "list", "message": "dict", "count": "int", "lastId": "int"},
        parks=True, routes=(Route("GET", "/msg/{channel}/poll"),), cli=("channel poll",)),

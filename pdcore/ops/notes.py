@@ -4,7 +4,7 @@ There is deliberately no edit or delete operation for notes.
 """
 
 from pdcore.choices import NOTE_TYPES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 # The size rule (note_max_bytes, 413) is applied by the handler in bytes; this bound only keeps
 # the validator from scanning absurd strings.
@@ -30,7 +30,7 @@ OPS = (
        routes=(Route("POST", "/notes"),), cli=("note",)),
     Op("note.list", "notes.list", "Notes, decrypted, the latest `limit` in the order they were written.",
        args=(
-           Arg("limit", "int", default=50, min=1, max=10_000, where="query"),
+           limit_arg(50, setting="notes_list_max"),
            Arg("type", "str", choices=NOTE_TYPES, where="query"),
            Arg("agentId", "name", where="query"),
            Arg("sessionId", "name", where="query"),
@@ -41,7 +41,7 @@ OPS = (
     Op("session.notes", "notes.session_notes", "The notes of one session, decrypted, in the order written.",
        args=(
            Arg("id", "name", required=True, where="path"),
-           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+           limit_arg(100, setting="notes_list_max"),
            Arg("type", "str", choices=NOTE_TYPES, where="query"),
            *_PAGING,
        ),

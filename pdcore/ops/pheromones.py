@@ -1,6 +1,6 @@
 """Operations on pheromones (SPEC.md §9), with the Port Daddy 3.8 routes and shapes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("pheromone.spray", "pheromones.spray",
@@ -28,7 +28,7 @@ OPS = (
     Op("pheromone.list", "pheromones.list", "Every entity with a live (non-zero) pheromone, strongest first.",
        args=(
            Arg("table", "name", where="query"),
-           Arg("limit", "int", default=1000, min=1, max=100_000, where="query"),
+           limit_arg(1000, max=100_000),
        ),
        reply={"count": "int", "pheromones": "list"}, routes=(Route("GET", "/pheromone"),), cli=("pheromone list",)),
     Op("pheromone.files", "pheromones.files",
@@ -37,7 +37,7 @@ OPS = (
            Arg("path", "str", max_len=1024, where="query", doc="only files under this path"),
            Arg("depth", "int", default=5, min=1, max=64, where="query", doc="folder levels to aggregate"),
            Arg("project", "str", max_len=64, where="query", doc="only claims of this project"),
-           Arg("limit", "int", default=50, min=1, max=10_000, where="query", doc="files returned"),
+           limit_arg(50, max=10_000, doc="files returned"),
        ),
        reply={"files": "list", "dirs": "list", "summary": "dict"}, errors=("invalid_argument",),
        routes=(Route("GET", "/pheromone/files"),), cli=("pheromone files",)),

@@ -1,6 +1,6 @@
 """Operations on ports and semantic identities (SPEC.md §2), with the 3.7 routes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _CLAIM_ERRORS = ("invalid_identity", "invalid_argument", "port_unavailable")
 
@@ -32,7 +32,7 @@ OPS = (
            Arg("pattern", "idpattern", where="query"),
            Arg("status", "str", max_len=32, where="query"),
            Arg("port", "int", min=1, max=65535, where="query"),
-           Arg("limit", "int", default=1000, min=1, max=100_000, where="query"),
+           limit_arg(1000, max=100_000),
        ),
        reply={"services": "list", "count": "int"},
        routes=(Route("GET", "/services"),), cli=("services", "find")),

@@ -2,7 +2,7 @@
 both names route here."""
 
 from pdcore.choices import SALVAGE_STATUSES as STATUSES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import REQUEST_ID, Arg, Op, Route, limit_arg
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the dead agent")
 _SESSION = Arg("sessionId", "name", doc="pick one entry when the agent died more than once")
@@ -20,21 +20,23 @@ OPS = (
            Arg("project", "str", max_len=64, where="query"),
            Arg("status", "str", choices=(*STATUSES, "all"), where="query"),
            Arg("agentId", "name", where="query"),
-           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+           limit_arg(100, max=10_000),
        ),
        reply={"entries": "list", "count": "int", "project": "str"},
        routes=_both("GET", ""), cli=("salvage",)),
     Op("salvage.pending", "salvage.pending", "Entries nobody has claimed yet.",
        args=(Arg("project", "str", max_len=64, where="query"),
-             Arg("limit", "int", default=100, min=1, max=10_000, where="query")),
+             limit_arg(100, max=10_000)),
        reply={"entries": "list", "count": "int"},
        routes=_both("GET", "/pending"), cli=("salvage",)),
     Op("salvage.claim", "salvage.claim",
        "Take over a dead agent's work: exactly one claimer wins; its session inherits the files.",
-       args=(_AGENT, Arg("claimedBy", "name", required=True, doc="the agent taking over the work"), _SESSION),
+       args=(_AGENT, Arg("claimedBy", "name", required=True, doc="the agent taking over the work"), _SESSION,
+             REQUEST_ID),
        reply={"agentId": "str", "claimedBy": "str", "sessionId": "str", "sessionCreated": "bool",
-              "inheritedFiles": "list", "conflicts": "list", "entry": "dict"},
-       durable=True, actor="claimedBy", errors=("not_found", "already_claimed", "missing_field"),
+              "inheritedFiles": "list", "conflicts": "list", "entry": "dict", "repeated": "bool"},
+       durable=True, actor="claimedBy", takes=True,
+       errors=("not_found", "already_claimed", "missing_field", "conflict"),
        routes=_both("POST", "/claim/{agentId}"), cli=("salvage claim",)),
     Op("salvage.complete", "salvage.complete", "The salvaged work is done.",
        args=(_AGENT, Arg("claimedBy", "name"), _SESSION),

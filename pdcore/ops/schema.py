@@ -7,6 +7,7 @@ routes and CLI command that reach it. Validation is compiled once per op into a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -35,6 +36,25 @@ INT_MAX = 2**63 - 1
 MAX_NESTING = 64
 
 ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bool", "dict", "list", "any")
+
+
+def setting_default(name: str) -> Any:
+    """The default of a Config setting (a maximum declared by an argument's `max_setting`)."""
+    from pdcore.config import Config
+
+    for f in dataclasses.fields(Config):
+        if f.name == name:
+            return f.default
+    raise ValueError(f"no setting {name!r} in Config")
+
+
+def limit_arg(default: int | None = None, setting: str | None = None, max: int | None = None,
+              doc: str = "", where: str = "query") -> Arg:
+    """The `limit` of a list op: at most `max` (or the setting `setting`) items; above it is refused
+    (400 naming limit and the maximum), never cut silently. Every list op declares its limit so."""
+    if (setting is None) == (max is None):
+        raise ValueError("a limit needs exactly one of max or setting")
+    return Arg("limit", "int", default=default, min=1, max=max, max_setting=setting, where=where, doc=doc)
 
 
 def check_identity(value: str, field_name: str = "id") -> str:
@@ -83,10 +103,21 @@ class Arg:
     choices: tuple | None = None
     doc: str = ""
     where: str = "body"  # body | path | query: where the HTTP front door finds it
+    # The Config setting that holds the maximum (a list's largest `limit`): the core refuses above
+    # the configured value; `max` is the setting's default, for the docs and schemas.
+    max_setting: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in ARG_TYPES:
             raise ValueError(f"unknown arg type {self.type!r} for {self.name}")
+        if self.max_setting is not None:
+            object.__setattr__(self, "max", setting_default(self.max_setting))
+
+
+REQUEST_ID_MAX = 128
+REQUEST_ID = Arg("requestId", "str", min=1, max_len=REQUEST_ID_MAX,
+                 doc="the caller's id of this take (1-128 characters, e.g. a UUID): a repeat with the same id "
+                     "returns the same result instead of taking again (the SDK sets one and repeats after a lost reply)")
 
 
 @dataclass(frozen=True)
@@ -124,10 +155,16 @@ class Op:
     # Not durable, yet a write other agents see (a publish, a spray, a heartbeat that would
     # re-register its agent): the arbiter's overboard gate refuses it like a durable one.
     shared_write: bool = False
+    # Removes something for one consumer (a tuple, a salvage entry) and accepts `requestId`: a
+    # repeat with the same id returns the recorded result (state/takerecords.py); the SDK gives
+    # every such call a fresh id and repeats it after a lost reply.
+    takes: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):
             raise ValueError(f"{self.name}: actor {self.actor!r} is not one of its arguments")
+        if self.takes and all(a.name != "requestId" for a in self.args):
+            raise ValueError(f"{self.name}: a take must accept requestId (schema.REQUEST_ID)")
 
     @property
     def method_name(self) -> str:
@@ -135,8 +172,11 @@ class Op:
         return self.name.replace(".", "_").replace("-", "_")
 
 
-def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
+def _num(arg: Arg, kind: type, config: Any = None) -> Callable[[Any], Any]:
     lo, hi, name = arg.min, arg.max, arg.name
+    if arg.max_setting is not None and config is not None:
+        hi = getattr(config, arg.max_setting)
+    beyond = f" (setting {arg.max_setting})" if arg.max_setting else ""
 
     def check(v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float) if kind is float else int):
@@ -154,7 +194,7 @@ def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
         if lo is not None and v < lo:
             raise OpError("invalid_argument", f"{name} must be >= {lo:g}", name)
         if hi is not None and v > hi:
-            raise OpError("invalid_argument", f"{name} must be <= {hi:g}", name)
+            raise OpError("invalid_argument", f"{name} must be <= {hi:g}{beyond}", name)
         if kind is int and not INT_MIN <= v <= INT_MAX:
             raise OpError("invalid_argument", f"{name} must be an integer between -2^63 and 2^63-1", name)
         return v
@@ -164,10 +204,13 @@ def _num(arg: Arg, kind: type) -> Callable[[Any], Any]:
 
 def _string(arg: Arg, control_re: re.Pattern, default_len: int) -> Callable[[Any], Any]:
     name, max_len, choices = arg.name, arg.max_len or default_len, arg.choices
+    min_len = int(arg.min or 0)  # on a string argument, `min` is its shortest length
 
     def check(v: Any) -> Any:
         if not isinstance(v, str):
             raise OpError("invalid_argument", f"{name} must be a string", name)
+        if len(v) < min_len:
+            raise OpError("invalid_argument", f"{name} must be at least {min_len} character(s)", name)
         if len(v) > max_len:
             raise OpError("too_large" if max_len >= 4096 else "invalid_argument", f"{name} is longer than {max_len} characters", name)
         if control_re.search(v):
@@ -179,10 +222,10 @@ def _string(arg: Arg, control_re: re.Pattern, default_len: int) -> Callable[[Any
     return check
 
 
-def _checker(arg: Arg) -> Callable[[Any], Any]:
+def _checker(arg: Arg, config: Any = None) -> Callable[[Any], Any]:
     t, name = arg.type, arg.name
     if t == "int":
-        return _num(arg, int)
+        return _num(arg, int, config)
     if t == "float":
         return _num(arg, float)
     if t == "str":
@@ -259,12 +302,13 @@ def _name_checker(name: str) -> Callable[[Any], Any]:
     return check_name
 
 
-def compile_validator(op: Op) -> Callable[[dict], dict]:
+def compile_validator(op: Op, config: Any = None) -> Callable[[dict], dict]:
     """Build the function that turns raw arguments into the handler's keyword arguments.
 
     Unknown keys are ignored (clients of older versions send extras); `None` means absent.
+    `config` gives the maxima declared by settings (`Arg.max_setting`); without it, their defaults.
     """
-    specs = [(a.name, _checker(a), a.required, a.default) for a in op.args]
+    specs = [(a.name, _checker(a, config), a.required, a.default) for a in op.args]
 
     def validate(raw: dict) -> dict:
         out = {}

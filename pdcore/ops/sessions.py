@@ -3,7 +3,7 @@
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
 from pdcore.choices import SESSION_PHASES as PHASES
 from pdcore.choices import SESSION_STATUSES as STATUSES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _ID = Arg("id", "name", required=True, where="path", doc="the session id")
 _FILES_DOC = "a path or glob relative to the project, or a list of them (src/auth/*.ts, src/**)"
@@ -30,7 +30,7 @@ OPS = (
            Arg("status", "str", choices=STATUSES, where="query"),
            Arg("agentId", "name", where="query"),
            Arg("project", "str", max_len=64, where="query"),
-           Arg("limit", "int", default=100, min=1, max=10_000, where="query"),
+           limit_arg(100, max=10_000),
        ),
        reply={"sessions": "list", "count": "int"},
        routes=(Route("GET", "/sessions"),), cli=("sessions",)),
@@ -87,7 +87,7 @@ OPS = (
            Arg("sessionId", "name", where="query"),
            Arg("agentId", "name", where="query"),
            Arg("project", "str", max_len=64, where="query"),
-           Arg("limit", "int", default=1000, min=1, max=100_000, where="query"),
+           limit_arg(1000, max=100_000),
        ),
        reply={"files": "list", "count": "int"}, errors=("not_found",),
        routes=(Route("GET", "/files"),), cli=("session files list",)),

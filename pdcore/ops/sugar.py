@@ -2,7 +2,7 @@
 
 from pdcore.choices import NOTE_TYPES
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 OPS = (
     Op("sugar.begin", "sugar.begin",
@@ -47,7 +47,7 @@ OPS = (
        args=(
            Arg("project", "str", max_len=64, where="query"),
            Arg("since", "int", min=0, where="query", doc="epoch ms"),
-           Arg("limit", "int", default=20, min=1, max=500, where="query"),
+           limit_arg(20, max=500),
        ),
        reply={"activeSessions": "list", "recentNotes": "list", "deadAgents": "list", "salvage": "list",
               "conflicts": "list", "activity": "list", "agents": "dict"},

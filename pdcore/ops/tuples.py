@@ -1,8 +1,7 @@
 """Operations on the tuple space (SPEC.md §8), with the Port Daddy 3.8 routes and shapes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import REQUEST_ID, Arg, Op, Route, limit_arg
 
-_LIMIT_MAX = 100_000
 _WAIT_MAX = 24 * 3600 * 1000  # the handler caps waits at tuple_wait_max_ms
 _PATTERN_DOC = ('JSON array: exact values, "*" or null, ">N" "<N" ">=N" "<=N", "prefix:*", "myapp:*:main"; '
                 "may be given as JSON text")
@@ -27,7 +26,7 @@ OPS = (
        args=(
            Arg("pattern", "any", doc=_PATTERN_DOC + "; absent: every tuple", where="query"),
            Arg("harbor", "name", where="query"),
-           Arg("limit", "int", min=1, max=_LIMIT_MAX, where="query", doc="default tuple_read_limit_default"),
+           limit_arg(setting="tuple_limit_max", doc="default tuple_read_limit_default"),
            Arg("wait", "int", min=0, max=_WAIT_MAX, where="query", doc="ms to park until a match arrives"),
            Arg("agentId", "name", where="query"),
        ),
@@ -37,18 +36,20 @@ OPS = (
        args=(
            Arg("pattern", "any", required=True, doc=_PATTERN_DOC + "; [] takes any tuple"),
            _HARBOR,
-           Arg("limit", "int", min=1, max=_LIMIT_MAX, doc="how many to take (default 1)"),
+           limit_arg(setting="tuple_limit_max", doc="how many to take (default 1)", where="body"),
            Arg("wait", "int", min=0, max=_WAIT_MAX, doc="ms to park until a match arrives; then an empty result"),
            _AGENT,
+           REQUEST_ID,
        ),
-       reply={"taken": "list", "count": "int"}, durable=True, parks=True, errors=(*_ERRORS, "missing_field"),
+       reply={"taken": "list", "count": "int", "repeated": "bool"}, durable=True, parks=True, takes=True,
+       errors=(*_ERRORS, "missing_field", "conflict"),
        routes=(Route("DELETE", "/tuples"), Route("POST", "/tuples/take")), cli=("tuple in",)),
     Op("tuple.poll", "tuples.poll", "The next tuples matching a pattern after a cursor id (walk the space by id).",
        args=(
            Arg("pattern", "any", doc=_PATTERN_DOC, where="query"),
            Arg("harbor", "name", where="query", doc="a harbor, or * for every harbor"),
            Arg("after", "int", min=0, where="query", doc="cursor: the lastId of the previous poll"),
-           Arg("limit", "int", min=1, max=_LIMIT_MAX, where="query", doc="default 1"),
+           limit_arg(setting="tuple_limit_max", doc="default 1"),
            Arg("wait", "int", min=0, max=_WAIT_MAX, where="query", doc="ms to park until a match arrives"),
            Arg("agentId", "name", where="query"),
        ),
@@ -57,7 +58,7 @@ OPS = (
     Op("tuple.scan", "tuples.scan", "List the tuples of a harbor (or * for every harbor), oldest first.",
        args=(
            Arg("harbor", "name", where="query", doc="a harbor, or * for every harbor (none: the global space)"),
-           Arg("limit", "int", min=1, max=_LIMIT_MAX, where="query", doc="default tuple_scan_limit_default"),
+           limit_arg(setting="tuple_limit_max", doc="default tuple_scan_limit_default"),
            Arg("pattern", "any", where="query", doc=_PATTERN_DOC),
            Arg("after", "int", min=0, where="query", doc="only tuples with a greater id"),
            Arg("agentId", "name", where="query"),

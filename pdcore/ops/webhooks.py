@@ -1,6 +1,6 @@
 """Webhook operations (SPEC.md §7), with the 3.7 routes."""
 
-from pdcore.ops.schema import Arg, Op, Route
+from pdcore.ops.schema import Arg, Op, Route, limit_arg
 
 _ID = Arg("id", "str", required=True, max_len=64, where="path", doc="webhook id")
 _EVENTS_DOC = "event names (lock.acquire, lock.*, *); default: all (GET /webhooks/events lists them)"
@@ -46,7 +46,7 @@ OPS = (
     Op("webhook.deliveries", "webhooks.deliveries", "A webhook's recent deliveries, newest first.",
        args=(
            _ID,
-           Arg("limit", "int", default=50, min=1, max=500, where="query"),
+           limit_arg(50, max=500),
            Arg("status", "str", choices=("pending", "retrying", "delivered", "failed", "refused", "cancelled"),
                where="query"),
        ),

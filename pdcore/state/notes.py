@@ -130,7 +130,6 @@ class Notes(Primitive):
                 where.append(f"{column} {op} ?")
                 params.append(value)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        limit = min(limit, self.config.notes_list_max)
         order = "ASC" if after is not None else "DESC"
         rows = self.store.read(f"SELECT {_NOTE_COLUMNS} FROM notes{clause} ORDER BY id {order} LIMIT ?",
                                [*params, limit])

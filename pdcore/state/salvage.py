@@ -169,11 +169,17 @@ class Salvage(Primitive):
     def pending(self, ctx: Ctx, project: str | None = None, limit: int = 100) -> dict:
         return self.list(ctx, project=project, status="pending", limit=limit)
 
-    def claim(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None) -> dict:
+    def claim(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None,
+              requestId: str | None = None) -> dict:
+        """Exactly one claimer wins; with `requestId`, a repeat of the winning claim gets its reply again."""
         # not ctx.agent_id: on these routes the payload's agentId names the dead agent
         claimer = claimedBy
         if not claimer:
             raise OpError("missing_field", "claimedBy (the agent taking over the work) is required", "claimedBy")
+        asked = {"agentId": agentId, "claimedBy": claimer, "sessionId": sessionId}
+        repeat = self.root.take_records.recall(requestId, "salvage.claim", asked)
+        if repeat is not None:
+            return repeat
         pending = self._entries_of(agentId, "pending", sessionId)
         if not pending:
             claimed = self._entries_of(agentId, "claimed", sessionId)
@@ -202,8 +208,10 @@ class Salvage(Primitive):
         self._save(entry)
         self.root.activity.record(ctx, "salvage.claim", agentId, actor=claimer, sessionId=session.id)
         self._event(ctx, "salvage.claimed", entry)
-        return {"agentId": agentId, "claimedBy": claimer, "sessionId": session.id, "sessionCreated": created,
-                "inheritedFiles": paths, "conflicts": conflicts, "entry": self._view(entry)}
+        result = {"agentId": agentId, "claimedBy": claimer, "sessionId": session.id, "sessionCreated": created,
+                  "inheritedFiles": paths, "conflicts": conflicts, "entry": self._view(entry)}
+        self.root.take_records.remember(ctx, requestId, "salvage.claim", asked, result)
+        return result
 
     def _claimed_entry(self, agent_id: str, claimed_by: str | None, session_id: str | None, step: str) -> SalvageEntry:
         claimed = self._entries_of(agent_id, "claimed", session_id)

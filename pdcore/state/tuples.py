@@ -190,10 +190,10 @@ class Tuples(Primitive):
         return sum(1 for _ in self._find(now, harbor, pattern, len(self.by_id) + 1))
 
     # -- helpers ---------------------------------------------------------------------------
-    def _limit(self, limit: int | None, default: int) -> int:
-        if limit is None:
-            return default
-        return max(1, min(limit, self.config.tuple_limit_max))
+    @staticmethod
+    def _limit(limit: int | None, default: int) -> int:
+        """The catalogue refuses a limit above tuple_limit_max; absent, the op's default."""
+        return default if limit is None else limit
 
     def _wait(self, wait: int | None) -> int:
         return min(wait or 0, self.config.tuple_wait_max_ms)
@@ -274,11 +274,20 @@ class Tuples(Primitive):
         limit: int | None = None,
         wait: int | None = None,
         agentId: str | None = None,
+        requestId: str | None = None,
     ) -> dict | Park:
-        """Linda's `in`: remove and return the oldest matches; exactly one taker gets each tuple."""
+        """Linda's `in`: remove and return the oldest matches; exactly one taker gets each tuple.
+
+        With `requestId`, a take that took something is recorded; its repeat returns the same tuples.
+        """
         if pattern is None:
             raise OpError("missing_field", "pattern is required: a JSON array such as [\"task\", \"*\"] ([] takes any)",
                           "pattern")
+        asked = {"pattern": pattern, "harbor": harbor, "limit": limit}
+        records = self.root.take_records
+        repeat = records.recall(requestId, "tuple.in", asked)
+        if repeat is not None:
+            return repeat
         pat = compile_pattern(pattern)
         harbor = self._harbor(harbor)
         limit = self._limit(limit, 1)
@@ -295,7 +304,9 @@ class Tuples(Primitive):
         ids = [r.id for r in found]
         self.root.activity.record(ctx, "tuple.in", harbor, actor=actor, ids=ids)
         self.root.publish(tuple_channel(harbor), {"event": "tuple.in", "ids": ids, "takenBy": actor}, actor, ctx.now)
-        return {"taken": taken, "count": len(taken)}
+        result = {"taken": taken, "count": len(taken)}
+        records.remember(ctx, requestId, "tuple.in", asked, result)
+        return result
 
     def poll(
         self,

@@ -68,6 +68,7 @@ class Takers:
 
     def run(self, i: int) -> None:
         client = self.d.client(transport="ipc", timeout=10)
+        client.retry_takes = False  # takes without a request id (tests/reliability/test_takes.py has them)
         try:
             empties = 0
             while time.monotonic() < self.deadline:

@@ -42,8 +42,9 @@ class StartRefused(Exception):
 
 
 def _restore_or_afresh(db: Path) -> str:
+    aside = f" (moves {db.name} aside, never deletes it)" if db.exists() else ""
     return (f"restore a backup with `pd restore DIR` (made by `pd backup`), or start afresh on purpose with "
-            f"`pd start --new-state` (moves {db.name} aside, never deletes it)")
+            f"`pd start --new-state`{aside}")
 
 
 def check_state(config: Config) -> None:

@@ -191,7 +191,8 @@ def test_a_corrupt_page_in_the_middle_is_refused_and_pd_restore_brings_the_data_
         assert d.pd("start").returncode == 0
         assert d.pd("backup", str(backup)).returncode == 0
         assert d.pd("stop").returncode == 0
-        _corrupt_a_middle_page(d.home / "state.db")
+        size = (d.home / "state.db").stat().st_size
+        page = _corrupt_a_middle_page(d.home / "state.db")
         before = snapshot(d.home)
         started = time.monotonic()
         out = d.pd("start")
@@ -203,7 +204,7 @@ def test_a_corrupt_page_in_the_middle_is_refused_and_pd_restore_brings_the_data_
         assert restored.returncode == 0, restored.stderr
         assert d.pd("start").returncode == 0
         assert len(notes_of(d, session)) == CORRUPT_NOTES
-        print(f"corrupt page refused in {refused_in:.2f}s (pd start wall time)")
+        print(f"page {page} of a {size / 1e6:.1f} MB state.db zeroed: refused in {refused_in:.2f}s (pd start)")
     finally:
         d.pd("stop")
         d.stop()

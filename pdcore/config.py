@@ -8,6 +8,7 @@ environment as `PORT_DADDY_<KEY>` (upper case); the path variables of ARCHITECTU
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import typing
@@ -219,14 +220,10 @@ class ConfigError(ValueError):
     the key, the bad value and what is allowed."""
 
 
+@functools.cache
 def _types() -> dict[str, Any]:
-    global _TYPE_CACHE
-    if _TYPE_CACHE is None:
-        _TYPE_CACHE = typing.get_type_hints(Config)
-    return _TYPE_CACHE
-
-
-_TYPE_CACHE: dict[str, Any] | None = None
+    """The type of each setting, from the Config annotations (the one source of the type checks)."""
+    return typing.get_type_hints(Config)
 
 
 def _number_rule(name: str, whole: bool) -> str:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import click
 
 from pdcore.client import Client
-from pdcore.config import Config, load_config
+from pdcore.config import Config, ConfigError, load_config
 from pdcore.errors import OpError
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -42,7 +42,9 @@ class Options:
         if self._config is None:
             try:
                 self._config = load_config(self.home)
-            except (ValueError, OSError) as exc:
+            except ConfigError as exc:  # one line naming the file or variable, the key, the value
+                fail(str(exc))
+            except OSError as exc:
                 fail(f"bad configuration: {exc}")
         return self._config
 

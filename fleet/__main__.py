@@ -14,14 +14,14 @@ import sys
 import threading
 
 from fleet.service import FleetService
-from pdcore.config import load_config
+from pdcore.config import load_config_or_exit
 from pdcore.paths import watch_supervisor
 
 
 def main() -> int:
     logging.basicConfig(level=os.environ.get("PORT_DADDY_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    config = load_config()
+    config = load_config_or_exit()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

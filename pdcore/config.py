@@ -8,7 +8,10 @@ environment as `PORT_DADDY_<KEY>` (upper case); the path variables of ARCHITECTU
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,7 @@ class Config:
     sse_keepalive_s: int = 15  # comment line sent on an idle event stream
     # durability
     db_synchronous: str = "NORMAL"  # NORMAL survives kill -9 in WAL mode; FULL also power loss
+    db_start_check_max_ms: int = 10_000  # state.db's quick_check at start stops (as passed) after this long; 0 skips it
     log_max_bytes: int = 10 * 1024 * 1024  # daemon.log beyond this is renamed daemon.log.1 at start (one kept)
     # agents and reaper
     agent_stale_ms: int = 10 * 60 * 1000
@@ -113,7 +117,7 @@ class Config:
     tuple_wait_max_ms: int = 600_000  # longest `wait` a rd/in/poll may park for
     take_record_ttl_ms: int = 3_600_000  # how long a take's result is kept under its requestId for a repeat
     take_records_max: int = 100_000  # take results kept under request ids; beyond: the oldest are dropped
-    pheromone_half_life_overrides: dict = field(default_factory=dict)  # "key" or "table.key" -> half-life ms
+    pheromone_half_life_overrides: dict[str, int] = field(default_factory=dict)  # "key" or "table.key" -> half-life ms
     pheromone_floor: float = 0.01  # values below read as 0 and are collected
     pheromone_gc_interval_ms: int = 60_000  # housekeeping pass dropping faded pheromones
     pheromone_max: int = 100_000  # live pheromones; beyond it the faintest are dropped
@@ -182,49 +186,247 @@ _ENV_PATHS = {
     "PORT_DADDY_NO_TCP": "no_tcp",
 }
 
+EXIT_CONFIG = 78  # a process that exits so has a problem a restart cannot fix (bad setting, key, state)
 
-def _convert(name: str, raw: Any) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    f = fields[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    if isinstance(raw, str):
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        if isinstance(default, list):
-            return [int(x) if x.strip().isdigit() else x.strip() for x in raw.split(",") if x.strip()]
+# What a setting may hold, besides its type (from the Config annotations). A number is >= 0 unless
+# listed here; for a list or a mapping the bound applies to each element.
+_PORT = (1, 65535)
+_RANGES: dict[str, tuple[int, int]] = {
+    "tcp_port": _PORT, "port_range_start": _PORT, "port_range_end": _PORT, "reserved_ports": _PORT,
+}
+# Numbers where 0 makes no sense (a size, an interval, a divisor, a count of workers): > 0.
+_POSITIVE = frozenset({
+    "shm_slots", "ipc_max_connections", "ipc_max_message", "ipc_strikes", "ipc_write_high_water",
+    "http_workers", "http_threads", "http_max_body", "sse_keepalive_s", "agent_stale_ms", "agent_dead_ms",
+    "reaper_interval_ms", "heartbeat_flush_ms", "note_max_bytes", "notes_list_max", "lock_ttl_default_ms",
+    "lock_ttl_max_ms", "channel_ring_age_ms", "sse_max_per_client", "subscriber_queue_max",
+    "pheromone_half_life_ms", "webhook_timeout_s", "webhook_max_attempts", "message_max_bytes",
+    "channel_poll_max_ms", "webhook_retry_base_ms", "webhook_retry_max_ms", "tuple_max_bytes",
+    "tuple_read_limit_default", "tuple_scan_limit_default", "tuple_limit_max", "pheromone_half_life_overrides",
+    "pheromone_floor", "pheromone_gc_interval_ms", "harbor_max_members", "arbiter_sweep_interval_ms",
+    "fleet_runner_stale_ms", "fleet_report_interval_ms", "fleet_heartbeat_interval_ms", "fleet_run_timeout_ms",
+    "fleet_respawn_backoff_ms", "fleet_respawn_backoff_max_ms", "fleet_max_concurrent_default",
+    "wait_default_ms", "wait_max_ms", "note_verify_wait_ms", "wait_max_ids", "briefing_limit_default",
+    "up_health_timeout_ms", "restart_backoff_max_s", "take_record_ttl_ms", "take_records_max",
+})
+_CHOICES: dict[str, tuple[str, ...]] = {"db_synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
+# Pairs whose first value must stay below the second (`<`) or not above it (`<=`).
+_ORDERED = (
+    ("port_range_start", "<", "port_range_end"),
+    ("lock_ttl_default_ms", "<=", "lock_ttl_max_ms"),
+    ("webhook_retry_base_ms", "<=", "webhook_retry_max_ms"),
+    ("fleet_respawn_backoff_ms", "<=", "fleet_respawn_backoff_max_ms"),
+    ("wait_default_ms", "<=", "wait_max_ms"),
+)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used. The message is one line: where it was set (file or variable),
+    the key, the bad value and what is allowed."""
+
+
+@functools.cache
+def _types() -> dict[str, Any]:
+    """The type of each setting, from the Config annotations (the one source of the type checks)."""
+    return typing.get_type_hints(Config)
+
+
+def _number_rule(name: str, whole: bool) -> str:
+    kind = "a whole number" if whole else "a number"
+    if name in _RANGES:
+        low, high = _RANGES[name]
+        return f"{kind} from {low} to {high}"
+    return f"{kind} above 0" if name in _POSITIVE else f"{kind}, 0 or more"
+
+
+def _in_bounds(name: str, value: float) -> bool:
+    if name in _RANGES:
+        low, high = _RANGES[name]
+        return low <= value <= high
+    return value > 0 if name in _POSITIVE else value >= 0
+
+
+def _scalar(name: str, kind: Any, raw: Any, from_text: bool) -> Any:
+    """`raw` as a value of type `kind` for setting `name`; raises ValueError(what is allowed)."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if from_text and isinstance(raw, str) and raw.strip().lower() in _TRUE + _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError("true or false" + (" (1/0, yes/no, on/off)" if from_text else ""))
+    if kind is int or kind is float:
+        whole = kind is int
+        value: Any = None
+        if from_text and isinstance(raw, str):
+            try:
+                value = int(raw.strip()) if whole else float(raw.strip())
+            except ValueError:
+                value = None
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw if whole else float(raw)
+        elif isinstance(raw, float) and not whole:
+            value = raw
+        if value is None or value != value or value in (float("inf"), float("-inf")) or not _in_bounds(name, value):
+            raise ValueError(_number_rule(name, whole))
+        return value
+    if kind is str:
+        if not isinstance(raw, str):
+            raise ValueError("text")
+        if name in _CHOICES:
+            if raw.strip().upper() not in _CHOICES[name]:
+                raise ValueError("one of " + ", ".join(_CHOICES[name]))
+            return raw.strip().upper()
+        return raw
+    if kind is Path:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError("a file path")
+        return Path(raw)
     return raw
 
 
+def _convert(name: str, raw: Any, from_text: bool) -> Any:
+    """A value of setting `name` from YAML (`from_text=False`) or the environment; ValueError says what is allowed."""
+    kind = _types()[name]
+    args = typing.get_args(kind)
+    if type(None) in args:  # Optional: a path setting, None = its default file in the home
+        if raw is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(kind) or kind
+    if origin is list:
+        (item,) = typing.get_args(kind) or (str,)
+        if from_text and isinstance(raw, str):
+            raw = [x.strip() for x in raw.split(",") if x.strip()]
+        if not isinstance(raw, list):
+            raise ValueError(f"a list of {_describe(name, item)}" + (", comma separated" if from_text else ""))
+        try:
+            return [_scalar(name, item, x, from_text) for x in raw]
+        except ValueError:
+            raise ValueError(f"a list of {_describe(name, item)}" + (", comma separated" if from_text else "")) \
+                from None
+    if origin is dict:
+        key_kind, item = typing.get_args(kind) or (str, Any)
+        what = f"a mapping of names to {_describe(name, item)}" + (" (a JSON object)" if from_text else "")
+        if from_text and isinstance(raw, str):
+            import json  # only for a mapping given in the environment
+
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError(what) from None
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+            raise ValueError(what)
+        try:
+            return {k: _scalar(name, item, v, False) for k, v in raw.items()}
+        except ValueError:
+            raise ValueError(what) from None
+    return _scalar(name, origin, raw, from_text)
+
+
+def _describe(name: str, kind: Any) -> str:
+    if kind is int or kind is float:
+        return _number_rule(name, kind is int).replace("a whole number", "whole numbers").replace(
+            "a number", "numbers")
+    return {bool: "true/false values", str: "texts", Path: "file paths"}.get(kind, "values")
+
+
+def _read_file(cfg_file: Path, names: set[str]) -> dict[str, Any]:
+    """The settings of config.yaml; ConfigError names the file, and the line or key at fault."""
+    import yaml  # only when there is a config file: keeps `pd` start-up lean
+
+    try:
+        data = yaml.safe_load(cfg_file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{cfg_file}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{cfg_file}: is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{cfg_file}{where}: not valid YAML ({problem}); write one `key: value` per line") \
+            from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg_file}: holds {type(data).__name__ if not isinstance(data, list) else 'a list'}; "
+                          "it must be a mapping of settings, one `key: value` per line")
+    for key in data:
+        if key not in names:
+            import difflib  # only for a typo
+
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{cfg_file}: unknown setting {key!r}{hint}; the settings are listed in "
+                              "docs/operations.md")
+    return data
+
+
+def _bad(where: str, name: str, raw: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{where}{name} is {raw!r}; it must be {allowed}")
+
+
 def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Config:
-    """Build the Config: defaults < config.yaml < environment < explicit overrides."""
+    """Build the Config: defaults < config.yaml < environment < explicit overrides.
+
+    Every value given is checked against its setting's type and bounds; the first bad one raises
+    ConfigError, one line naming the file or the environment variable, the key, the value and
+    what is allowed.
+    """
     env = os.environ
     home_path = Path(home or env.get("PORT_DADDY_HOME") or DEFAULT_HOME).expanduser()
     values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # setting -> where its value came from, for the messages
     names = {f.name for f in dataclasses.fields(Config)} - {"home"}
     cfg_file = home_path / "config.yaml"
     if cfg_file.is_file():
-        import yaml  # only when there is a config file: keeps `pd` start-up lean
+        for key, raw in _read_file(cfg_file, names).items():
+            try:
+                values[key] = _convert(key, raw, from_text=False)
+            except ValueError as exc:
+                raise _bad(f"{cfg_file}: ", key, raw, str(exc)) from None
+            origin[key] = str(cfg_file)
+    given = [(f"PORT_DADDY_{name.upper()}", name) for name in sorted(names)] + list(_ENV_PATHS.items())
+    for var, name in given:
+        raw = env.get(var)
+        if not raw:  # unset, or set to nothing: the file's value or the default
+            continue
+        try:
+            values[name] = _convert(name, raw, from_text=True)
+        except ValueError as exc:
+            raise ConfigError(f"{var} is {raw!r} (setting {name}); it must be {exc}") from None
+        origin[name] = var
+    for name, raw in overrides.items():
+        if raw is None:
+            continue
+        if name not in names:
+            raise ConfigError(f"unknown setting {name!r}")
+        try:
+            values[name] = _convert(name, raw, from_text=isinstance(raw, str))
+        except ValueError as exc:
+            raise _bad("", name, raw, str(exc)) from None
+        origin[name] = name
+    config = Config(home=home_path, **values)
+    for low, op, high in _ORDERED:
+        a, b = getattr(config, low), getattr(config, high)
+        if a < b or (op == "<=" and a == b):
+            continue
+        where = " and ".join(dict.fromkeys(origin[n] for n in (low, high) if n in origin)) or "the defaults"
+        raise ConfigError(f"{where}: {low} is {a} and {high} is {b}; {low} must be "
+                          f"{'below' if op == '<' else 'at most'} {high}")
+    return config
 
-        data = yaml.safe_load(cfg_file.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{cfg_file}: expected a mapping of settings")
-        for key, value in data.items():
-            if key not in names:
-                raise ValueError(f"{cfg_file}: unknown setting {key!r}")
-            values[key] = value
-    for name in names:
-        raw = env.get(f"PORT_DADDY_{name.upper()}")
-        if raw is not None:
-            values[name] = _convert(name, raw)
-    for var, name in _ENV_PATHS.items():
-        if env.get(var):
-            values[name] = _convert(name, env[var])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Config(home=home_path, **values)
+
+def load_config_or_exit(home: str | os.PathLike | None = None) -> Config:
+    """`load_config()` for a daemon process: a bad setting is one line on stderr and exit EXIT_CONFIG."""
+    try:
+        return load_config(home)
+    except ConfigError as exc:
+        print(f"port-daddy: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
 
 
 HOME_HEADER = "X-Port-Daddy-Home"

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -24,13 +25,14 @@ from typing import Any
 import msgpack
 
 from pdcore import protocol as P
-from pdcore.config import Config, load_config
+from pdcore.config import EXIT_CONFIG, Config, load_config_or_exit
 from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
 from pdcore.ops.schema import compile_validator
 from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
+from pdcore.startcheck import StartRefused, check_state
 from pdcore.state import Ctx, Park, State
 from pdcore.store import Store
 from pdcore.subscriptions import Subscriptions
@@ -47,7 +49,6 @@ _CALL_TYPES = frozenset({P.REQUEST, P.QUERY_REF, P.QUERY_IF, P.INFORM})
 # scalars are kept (handlers get fresh kwargs, and nothing shared can be mutated).
 _FF_CACHE_MAX = 4096
 _FF_CACHE_BODY_MAX = 256
-EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
 CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 DROPPED_CHANNELS_MAX = 64  # channel names a msg.dropped notice lists
 # Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId},
@@ -734,11 +735,16 @@ def main() -> None:
     """Entry point of the core process (`python -m pdcore.core`), run by the supervisor."""
     import uvloop
 
-    config = load_config()
+    config = load_config_or_exit()
     setup_logging(config)
     problem = check_home(config.home, create=True)
     if problem:
         print(f"port-daddy: {problem}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    try:
+        check_state(config)  # reads only: a refused start writes nothing
+    except StartRefused as exc:
+        print(f"port-daddy: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     socket.setdefaulttimeout(None)
     os.umask(0o077)  # state.db, its WAL and shm files: the owner's alone, like everything in the home
@@ -747,6 +753,11 @@ def main() -> None:
     except MasterKeyError as exc:
         # A bad key must stop the daemon, never be replaced: say why in one line.
         print(f"port-daddy: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # locked, disk full, ...: a restart may help
+        print(f"port-daddy: {config.db_path} cannot be read ({exc}); see `pd doctor`", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 
 

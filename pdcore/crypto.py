@@ -3,7 +3,8 @@
 The key file is 32 raw random bytes, mode 0600, created once with O_EXCL. It is never
 regenerated: a missing key while encrypted notes exist, a key of the wrong length, or a key
 readable by others stops the daemon with `MasterKeyError` (a new key would make every stored
-note unreadable, and a readable key is no secret).
+note unreadable, and a readable key is no secret). `state.db` keeps `key_check(key)`, so a
+wrong key of the right length is refused at start too (pdcore.startcheck).
 
 Each note gets a fresh random 96-bit nonce; its associated data binds the ciphertext to its
 note id and session id, so a ciphertext moved to another row does not decrypt. The chain link
@@ -40,16 +41,27 @@ def load_or_create_key(path: Path, sealed_exist: bool) -> bytes:
 
     `sealed_exist`: the database holds something sealed with the key (notes, webhook secrets).
     """
-    path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        return read_key(path)
     except FileNotFoundError:
         if sealed_exist:
             raise MasterKeyError(
                 f"master key {path} is missing but encrypted notes or webhook secrets exist in the database; "
                 "restore the key file from a backup (a new key would make them unreadable)"
             ) from None
-        return _create_key(path)
+        return _create_key(Path(path))
+
+
+def read_key(path: Path) -> bytes:
+    """The master key at `path`, checked (regular file, ours, 0600, 32 bytes); never creates or changes it.
+
+    Raises FileNotFoundError when there is none, MasterKeyError when it cannot be used.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise MasterKeyError(f"master key {path} cannot be opened: {exc.strerror}; it must be a regular file") from None
     try:
@@ -72,6 +84,15 @@ def load_or_create_key(path: Path, sealed_exist: bool) -> bytes:
             "(restore the original key file)"
         )
     return key
+
+
+def key_check(key: bytes) -> str:
+    """A value that tells whether a key is the one a database was sealed with, and nothing more.
+
+    HKDF of the key under a label of its own: stored in `state.db`, it reveals nothing about the
+    key, the note cipher or the chain key, and the same key always gives the same value.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"pd-master-key-check-v1").derive(key).hex()
 
 
 def _create_key(path: Path) -> bytes:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+KEY_CHECK = "master_key_check"  # meta key: pdcore.crypto.key_check of the key this database is sealed with
 
 
 def migration_files() -> list[tuple[int, str, str]]:
@@ -83,6 +84,15 @@ class Store:
                 raise
             applied.append(number)
         return applied
+
+    def meta(self, key: str) -> str | None:
+        """A value of the `meta` table (facts about the database itself), or None."""
+        row = self.read_one("SELECT value FROM meta WHERE key=?", (key,))
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.write("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   (key, value))
 
     def _begin(self) -> None:
         if not self.in_tx:

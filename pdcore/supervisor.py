@@ -2,7 +2,9 @@
 
 Like gunicorn's arbiter it keeps no application state. Each child is a small state machine
 (STARTING, RUNNING, BACKOFF, STOPPED); a child that dies is restarted after a backoff that
-doubles up to `restart_backoff_max_s` and resets once the child has run for 10 s. SIGTERM or
+doubles up to `restart_backoff_max_s` and resets once the child has run for 10 s; a child that
+exits with EXIT_CONFIG (78: a bad setting, key or state, which no restart fixes) is FATAL and
+stops the daemon, which then exits 78 too (systemd's RestartPreventExitStatus). SIGTERM or
 SIGINT stop the fleet runner first (it kills and reports its runs while the core is up),
 then the HTTP server (no new requests), then the core (which drains and commits), then
 remove the pid file.
@@ -21,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdcore.config import Config, load_config
+from pdcore.config import EXIT_CONFIG, Config, load_config_or_exit
 from pdcore.paths import (
     SUPERVISOR_PID_ENV,
     check_home,
@@ -34,7 +36,6 @@ from pdcore.paths import (
 log = logging.getLogger("pd.supervisor")
 
 STABLE_AFTER_S = 10.0
-EXIT_CONFIG = 78  # a child that exits so has a problem a restart cannot fix (bad key, unsafe home)
 
 
 @dataclass
@@ -147,9 +148,10 @@ class Supervisor:
         try:
             self.spawn(self.core)
             if not self.wait_ready(self.core):
-                log.error("event=core.failed_to_start")
+                code = self.core.proc.poll() if self.core.proc is not None else None
+                log.error("event=core.failed_to_start code=%s", code)
                 self.shutdown()
-                return 1
+                return EXIT_CONFIG if code == EXIT_CONFIG else 1  # 78: a restart cannot help (systemd keeps it down)
             self.spawn(self.http)
             self.wait_ready(self.http)
             self.spawn(self.fleet)
@@ -159,7 +161,7 @@ class Supervisor:
                 time.sleep(0.05)
         finally:
             self.shutdown()
-        return 0
+        return EXIT_CONFIG if any(c.state == "FATAL" for c in self.children) else 0
 
     def watch_once(self) -> None:
         now = time.monotonic()
@@ -215,7 +217,7 @@ class Supervisor:
 
 def main() -> None:
     """`python -m pdcore.supervisor`: run the daemon in the foreground."""
-    config = load_config()
+    config = load_config_or_exit()  # a bad setting: one line naming it, before anything starts
     logging.basicConfig(level=os.environ.get("PORT_DADDY_LOG_LEVEL", "INFO").upper(),
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:

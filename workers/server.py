@@ -29,7 +29,7 @@ from typing import Any
 import gunicorn.util
 from gunicorn.app.base import BaseApplication
 
-from pdcore.config import Config, load_config
+from pdcore.config import Config, load_config_or_exit
 from pdcore.paths import watch_supervisor
 
 SOCKET_UMASK = 0o177  # the Unix socket (and gunicorn's temp files) come out 0600
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers.server", description="Port Daddy HTTP side")
     parser.add_argument("--home", help="home folder (default: PORT_DADDY_HOME or ~/.port-daddy)")
     opts = parser.parse_args(argv)
-    config = load_config(opts.home)
+    config = load_config_or_exit(opts.home)
     HttpServer(config).run()
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -12,7 +15,7 @@ from cli.common import call, fail, options, output, output_options, table, when
 from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
 from pdcore import __version__
 from pdcore.client import Client, served_home
-from pdcore.config import home_tag
+from pdcore.config import DEFAULT_HOME, Config, ConfigError, home_tag, load_config
 from pdcore.errors import OpError
 from pdcore.paths import check_home, read_pid, socket_answers, supervisor_running
 
@@ -22,12 +25,48 @@ def _fmt_uptime(ms: int) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _start_afresh(config: Config) -> list[str]:
+    """Set aside a state the start checks refuse and make a new one; return the paths moved aside."""
+    import fcntl
+
+    from pdcore.startcheck import StartRefused, check_state, start_afresh
+
+    problem = check_home(config.home, create=True)
+    if problem:
+        fail(problem)
+    fd = os.open(config.home / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no supervisor may start meanwhile
+        except OSError:
+            fail("the daemon is running; --new-state starts afresh only a stopped daemon (pd stop first)")
+        if supervisor_running(config) or socket_answers(config.ipc):
+            fail("the daemon is running; --new-state starts afresh only a stopped daemon (pd stop first)")
+        try:
+            check_state(config)
+        except StartRefused as exc:
+            if not exc.can_start_afresh:
+                fail(str(exc))
+            moved = [str(p) for p in start_afresh(config)]
+            click.echo(f"pd: {exc.problem}; starting afresh with an empty state"
+                       + (f" (kept aside: {', '.join(moved)})" if moved else ""), err=True)
+            return moved
+        fail(f"{config.db_path} passes the start checks: nothing to start afresh from (--new-state only "
+             "replaces a state that `pd start` refuses; to begin empty anyway, pd stop and move it aside yourself)")
+    finally:
+        os.close(fd)
+
+
 @click.command()
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/launchd).")
+@click.option("--new-state", is_flag=True,
+              help="Start afresh on purpose when the start checks refuse state.db (missing, empty, corrupt, "
+                   "or sealed with another key): it is moved aside as state.db.broken-TIME, never deleted.")
 @output_options
-def start(foreground: bool) -> None:
+def start(foreground: bool, new_state: bool) -> None:
     """Start the daemon in the background; returns once it answers."""
     config = options().config
+    kept_aside = _start_afresh(config) if new_state else []
     if foreground:
         problem = check_home(config.home, create=True)
         if problem:
@@ -39,7 +78,7 @@ def start(foreground: bool) -> None:
     except RuntimeError as exc:
         fail(str(exc))
     result = {"pid": pid, "alreadyRunning": bool(already), "home": str(config.home),
-              "http": None if config.no_tcp else config.base_url, "ipc": str(config.ipc)}
+              "http": None if config.no_tcp else config.base_url, "ipc": str(config.ipc), "keptAside": kept_aside}
     where = "" if config.no_tcp else f" on {config.base_url}"
     output(result, f"Port Daddy {'already running' if already else 'started'} (pid {pid}){where}", quiet=pid)
 
@@ -110,12 +149,19 @@ def version() -> None:
 
 
 def _doctor_checks() -> list[dict]:
-    config = options().config
     checks: list[dict] = []
 
     def add(name: str, ok: bool, detail: str, fix: str = "") -> None:
         checks.append({"check": name, "ok": ok, "detail": detail, "fix": fix})
 
+    opts = options()
+    try:
+        config = load_config(opts.home)
+        add("config", True, "settings valid")
+    except ConfigError as exc:
+        add("config", False, str(exc), "correct or remove that setting (see Settings in docs/operations.md); "
+                                      "the checks below use the defaults")
+        config = Config(home=Path(opts.home or os.environ.get("PORT_DADDY_HOME") or DEFAULT_HOME))
     problem = check_home(config.home)
     add("home", problem is None and config.home.exists(), problem or str(config.home),
         "" if problem is None else f"chmod 700 {config.home}")
@@ -133,25 +179,7 @@ def _doctor_checks() -> list[dict]:
                 "" if answering else "pd start (removes a stale socket)")
         else:
             add(name, not live, f"{path} missing", "pd start" if live else "")
-    if config.key_path.exists():
-        mode = stat.S_IMODE(config.key_path.stat().st_mode)
-        size = config.key_path.stat().st_size
-        add("master key", mode == 0o600 and size == 32, f"{config.key_path} mode {mode:o}, {size} bytes",
-            f"chmod 600 {config.key_path}" if mode != 0o600 else "")
-    else:
-        add("master key", True, "not created yet (made on first start)")
-    if config.db_path.exists():
-        import sqlite3
-
-        try:
-            db = sqlite3.connect(f"file:{config.db_path}?mode=ro", uri=True, timeout=2)
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-            db.close()
-            add("database", verdict == "ok", f"{config.db_path}: {verdict}")
-        except sqlite3.Error as exc:
-            add("database", False, f"{config.db_path}: {exc}", "restore state.db from a backup")
-    else:
-        add("database", True, "not created yet")
+    _doctor_state(config, add)
     if not config.no_tcp and not live:
         import socket
 
@@ -175,6 +203,29 @@ def _doctor_checks() -> list[dict]:
         except OpError as exc:
             add("daemon", False, exc.message, f"see {config.log_path}: {log_tail(config, 1)}")
     return checks
+
+
+def _doctor_state(config: Config, add: Callable[..., None]) -> None:
+    """The master key file, then what `pd start` checks of the state (pdcore.startcheck)."""
+    from pdcore.crypto import MasterKeyError, read_key
+    from pdcore.startcheck import StartRefused, check_state
+
+    try:
+        read_key(config.key_path)
+        add("master key", True, f"{config.key_path} (0600, 32 bytes)")
+    except FileNotFoundError:
+        add("master key", True, "not created yet (made on first start)")
+    except MasterKeyError as exc:
+        add("master key", False, str(exc),
+            f"chmod 600 {config.key_path}" if "mode" in str(exc) else "restore master.key from a backup (pd restore DIR)")
+    try:
+        check_state(config)
+    except StartRefused as exc:
+        if exc.kind != "key_file":  # reported just above
+            add("database", False, exc.problem, exc.fix)
+        return
+    add("database", True, f"{config.db_path}: quick_check ok, the master key is its key" if config.db_path.exists()
+        else "not created yet (made on first start)")
 
 
 @click.command()

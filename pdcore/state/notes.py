@@ -16,9 +16,10 @@ import sqlite3
 from typing import Any
 
 from pdcore.choices import NOTE_TYPES
-from pdcore.crypto import GENESIS, NoteCipher, load_or_create_key
+from pdcore.crypto import GENESIS, NoteCipher, key_check, load_or_create_key
 from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Park, Primitive
+from pdcore.store import KEY_CHECK
 
 log = logging.getLogger("pd.notes")
 
@@ -47,7 +48,10 @@ class Notes(Primitive):
         sealed_exist = (self.store.read_one("SELECT 1 FROM notes LIMIT 1") is not None
                         or self.store.read_one("SELECT 1 FROM webhooks WHERE typeof(secret) = 'blob' LIMIT 1")
                         is not None)  # webhook secrets are sealed with the same key
-        self.cipher = NoteCipher(load_or_create_key(self.config.key_path, sealed_exist))
+        key = load_or_create_key(self.config.key_path, sealed_exist)
+        self.cipher = NoteCipher(key)
+        if self.store.meta(KEY_CHECK) is None:  # a new database, or one from before the check (pdcore.startcheck)
+            self.store.set_meta(KEY_CHECK, key_check(key))
 
     def counts(self) -> dict[str, int]:
         return {"notes_added": self.added}

@@ -124,6 +124,10 @@ class Op:
     # Not durable, yet a write other agents see (a publish, a spray, a heartbeat that would
     # re-register its agent): the arbiter's overboard gate refuses it like a durable one.
     shared_write: bool = False
+    # It makes the daemon run a command or reach out on the caller's behalf (spawn, fleets,
+    # webhooks' targets): the HTTP gate refuses it to an unauthenticated caller whatever the
+    # door, on top of the door's own check (docs/security.md).
+    runs_commands: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):

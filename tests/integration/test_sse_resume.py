@@ -16,6 +16,7 @@ import pytest
 from falcon import testing
 
 from pdcore.config import Config
+from pdcore.testing import token_home
 from workers import sse
 from workers.app import create_app
 
@@ -299,8 +300,8 @@ class JoinCore:
 
 
 def stream_events(core: JoinCore, last_event_id: int) -> list[tuple[str, int | None]]:
-    client = testing.TestClient(create_app(Config(home="/nonexistent-pd-home"), core=core),  # type: ignore[arg-type]
-                                headers={"Host": "localhost:9876"})
+    home, headers = token_home()
+    client = testing.TestClient(create_app(Config(home=home), core=core), headers=headers)  # type: ignore[arg-type]
     resp = client.simulate_get("/msg/c/subscribe", headers={"Last-Event-ID": str(last_event_id)})
     assert resp.status_code == 200, resp.text
     out = []

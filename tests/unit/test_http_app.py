@@ -560,3 +560,42 @@ def test_every_reply_names_the_home_it_serves(client: testing.TestClient):
     for path in ("/health", "/no/such/route"):
         resp = client.simulate_get(path, headers=LOCAL)
         assert resp.headers.get(HOME_HEADER.lower()) == home_tag(APP_HOME)
+
+
+# -- who may call (docs/security.md) ----------------------------------------------------------------
+
+def test_tcp_without_the_token_is_refused_before_the_core_is_asked(core: FakeCore, client: testing.TestClient):
+    resp = client.simulate_get("/services", headers={"Authorization": ""}, extras={})
+    assert resp.status_code == 401 and resp.json["code"] == "unauthorized"
+    resp = testing.TestClient(create_app(Config(home=APP_HOME), core=core)).simulate_get(
+        "/services", headers={"Host": "localhost"})
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert str(APP_HOME / "auth.token") in resp.json["error"] and resp.json["field"] == "Authorization"
+    assert core.calls == []
+
+
+def test_a_unix_peer_of_another_uid_is_forbidden():
+    from pdcore.auth import TokenKeys
+    from workers.guard import OWN_UID, OWNER, admit
+
+    keys = TokenKeys(APP_HOME / "auth.token")
+    facts = {"over_unix": True, "authorization": None, "cookies": None, "method": "GET", "path": "/services",
+             "keys": keys, "cookie": "c"}
+    assert admit(peer_uid=OWN_UID, **facts) == OWNER
+    for stranger in (OWN_UID + 1, None):
+        with pytest.raises(OpError) as info:
+            admit(peer_uid=stranger, **facts)
+        assert info.value.code == "forbidden" and info.value.status == 403
+
+
+def test_ops_that_run_commands_are_refused_to_an_anonymous_caller_whatever_let_it_in(
+        core: FakeCore, client: testing.TestClient, monkeypatch: pytest.MonkeyPatch):
+    from workers import guard
+
+    monkeypatch.setattr(guard, "admit", lambda **facts: guard.ANONYMOUS)  # a door that lets anyone in
+    for name in ("spawn.create", "fleet.register", "webhook.register"):
+        route = CATALOGUE[name].routes[0]
+        resp = client.simulate_request(route.method, route.path, json={})
+        assert resp.status_code == 401 and resp.json["code"] == "unauthorized", name
+    assert core.calls == []
+    assert client.simulate_get("/services").status_code == 200  # the rest is the door's decision

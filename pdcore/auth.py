@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 TOKEN_ENV = "PORT_DADDY_TOKEN"
+AUTH_REALM = 'realm="port-daddy"'  # in the WWW-Authenticate header of every 401
 TOKEN_BYTES = 32  # of randomness; secrets.token_urlsafe makes 43 characters of them
 COOKIE_PREFIX = "pd_dashboard_"  # + the TCP port: cookies are shared by every port of a host
 _COOKIE_LABEL = b"pd-dashboard-cookie-v1"

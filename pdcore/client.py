@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdcore import protocol as P
-from pdcore.auth import client_token
+from pdcore.auth import AUTH_REALM, client_token
 from pdcore.config import HOME_HEADER, Config, home_tag, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
@@ -89,12 +89,14 @@ def served_home(port: int, conn: http.client.HTTPConnection | None = None, timeo
 
     own = conn is None
     link = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout) if conn is None else conn
+    # Without a token, a token that cannot match: a Port Daddy daemon still shows itself by refusing it.
+    headers = headers or {"Authorization": "Bearer -"}
     try:
-        link.request("HEAD", "/health", headers=headers or {})
+        link.request("HEAD", "/health", headers=headers)
         resp = link.getresponse()
         resp.read()
         if resp.status == 401:
-            return ""
+            return "" if AUTH_REALM in (resp.getheader("WWW-Authenticate") or "") else None
         return resp.getheader(HOME_HEADER)
     except (OSError, http.client.HTTPException):
         return None
@@ -111,11 +113,13 @@ def _check_tcp_daemon_home(conn: http.client.HTTPConnection, config: Config, hea
     and a claim or a note sent there would land in the wrong state. One HEAD /health on the
     call's own keep-alive connection asks it (a failure here fails the call itself next)."""
     served = served_home(config.tcp_port, conn, headers=headers)
-    if served == "" and headers:
+    if served == "":
         conn.close()
-        raise OpError("unauthorized", f"the daemon on 127.0.0.1:{config.tcp_port} refused this home's token "
-                                      f"({config.token_path}, or PORT_DADDY_TOKEN): it serves another home, or "
-                                      "the token was rotated; `pd token` prints the current one", "Authorization")
+        raise OpError("unavailable", f"the daemon on 127.0.0.1:{config.tcp_port} refused this home's token "
+                                     f"({config.token_path}, or PORT_DADDY_TOKEN): either it serves another home "
+                                     f"and this one ({config.home}) has no daemon running (start it with pd start "
+                                     "on a free port: PORT_DADDY_PORT), or the token was rotated (`pd token` "
+                                     "prints the current one)")
     if served is not None and served != home_tag(config.home):
         conn.close()
         raise OpError("unavailable", f"this home ({config.home}) has no daemon running; the one on "

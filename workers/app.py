@@ -17,7 +17,7 @@ from typing import Any
 import falcon
 import falcon.media
 
-from pdcore.auth import cookie_name
+from pdcore.auth import AUTH_REALM, cookie_name
 from pdcore.config import Config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
@@ -55,7 +55,7 @@ def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> Non
     if status in (429, 503):
         resp.set_header("Retry-After", str(body.get("retryAfter", 1)))
     elif status == 401:
-        resp.set_header("WWW-Authenticate", 'Bearer realm="port-daddy"')
+        resp.set_header("WWW-Authenticate", f"Bearer {AUTH_REALM}")
 
 
 def handle_op_error(req: falcon.Request, resp: falcon.Response, ex: OpError, params: dict) -> None:

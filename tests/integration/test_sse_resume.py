@@ -333,10 +333,12 @@ def test_join_pages_and_a_trim_between_pages_is_a_gap_never_a_silent_hole(monkey
                       ("message", 8), ("message", 9)]
 
 
-def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def raw_request(daemon, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, every byte after the headers) of one request on a closed-after connection."""
+    port = daemon.port
     with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                     f"Authorization: Bearer {daemon.token}\r\n\r\n".encode())
         data = b""
         deadline = time.monotonic() + READ_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -352,8 +354,8 @@ def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str],
 
 @pytest.mark.parametrize("path", ["/health", "/services"])
 def test_head_answers_like_get_without_a_body(daemon, path):
-    status, headers, body = raw_request(daemon.port, "HEAD", path)
-    get_status, get_headers, get_body = raw_request(daemon.port, "GET", path)
+    status, headers, body = raw_request(daemon, "HEAD", path)
+    get_status, get_headers, get_body = raw_request(daemon, "GET", path)
     assert (status, body) == (200, b"")
     assert get_status == 200 and get_body
     assert headers["content-type"] == get_headers["content-type"]
@@ -361,5 +363,5 @@ def test_head_answers_like_get_without_a_body(daemon, path):
 
 
 def test_head_on_the_event_stream_opens_no_stream(daemon):
-    status, headers, body = raw_request(daemon.port, "HEAD", f"/msg/{unique('resume-head')}/subscribe")
+    status, headers, body = raw_request(daemon, "HEAD", f"/msg/{unique('resume-head')}/subscribe")
     assert (status, headers["content-type"], body) == (200, "text/event-stream", b"")

@@ -2,13 +2,16 @@
 
 Both POST a body built per request (e.g. a distinct identity per claim) on `conns`
 keep-alive connections, each strictly request -> response, and report requests/s, non-200
-replies and p50/p99 latency. Shared by every bench/*.py script.
+replies and p50/p99 latency. Shared by every bench/*.py script. A daemon's TCP port wants its
+home's token: `run_wrk(token=...)` hands it to the Lua scripts (PORT_DADDY_TOKEN), and
+`post_json(token=...)` puts it in the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -40,11 +43,14 @@ def wrk_path() -> str | None:
 
 
 def run_wrk(port: int, script: str, conns: int, duration_s: float, threads: int = 2,
-            script_args: tuple[str, ...] = ()) -> HttpResult:
+            script_args: tuple[str, ...] = (), token: str | None = None) -> HttpResult:
     """Run wrk with a Lua script whose done() prints a `WRKJSON {...}` line (see claim_distinct.lua)."""
     cmd = [wrk_path() or "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
            "-s", str(BENCH_DIR / script), f"http://127.0.0.1:{port}", "--", *script_args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60)
+    env = {k: v for k, v in os.environ.items() if k != "PORT_DADDY_TOKEN"}
+    if token:
+        env["PORT_DADDY_TOKEN"] = token
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, env=env)
     m = re.search(r"^WRKJSON (\{.*\})$", out.stdout, re.M)
     if not m:
         raise RuntimeError(f"wrk printed no summary (exit {out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -154,8 +160,13 @@ def run_python(port: int, make_request: Callable[[int, int], bytes], conns: int,
     return uvloop.run(_python_load(port, make_request, conns, warmup_s, duration_s))
 
 
-def post_json(path: str, body: dict) -> bytes:
-    """One keep-alive HTTP/1.1 POST with a JSON body."""
+def auth_line(token: str | None) -> str:
+    """The Authorization header line of a raw request ("" without a token)."""
+    return f"Authorization: Bearer {token}\r\n" if token else ""
+
+
+def post_json(path: str, body: dict, token: str | None = None) -> bytes:
+    """One keep-alive HTTP/1.1 POST with a JSON body (and the daemon's token when given)."""
     data = json.dumps(body, separators=(",", ":")).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth_line(token)}"
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data

@@ -57,6 +57,14 @@ class BenchDaemon:
     def http_sock(self) -> str:
         return str(self.home / "daemon.sock")
 
+    @property
+    def token(self) -> str | None:
+        """The home's token, which HTTP over TCP must send (None before the supervisor made it)."""
+        try:
+            return (self.home / "auth.token").read_text().strip()
+        except OSError:
+            return None
+
     # -- lifecycle --
     def start(self, core_only: bool = False, timeout: float = 30.0) -> BenchDaemon:
         """Start the daemon; return once `daemon.health` answers over IPC."""
@@ -88,7 +96,7 @@ class BenchDaemon:
         while time.monotonic() < deadline:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
+                conn.request("GET", "/health", headers={"Authorization": f"Bearer {self.token}"})
                 ok = conn.getresponse().status == 200
                 conn.close()
                 if ok:

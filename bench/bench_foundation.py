@@ -204,12 +204,12 @@ class Bench:
             before = d.call("daemon.metrics")["counters"]
             with self.profile(d, "http") as prof:
                 if use_wrk:
-                    H.run_wrk(d.port, "claim_distinct.lua", CONNS, 1, script_args=("warm",))
+                    H.run_wrk(d.port, "claim_distinct.lua", CONNS, 1, script_args=("warm",), token=d.token)
                     meter = self.meter(d)
-                    r = H.run_wrk(d.port, "claim_distinct.lua", CONNS, dur, script_args=("bench-http",))
+                    r = H.run_wrk(d.port, "claim_distinct.lua", CONNS, dur, script_args=("bench-http",), token=d.token)
                 else:
                     meter = self.meter(d)
-                    r = H.run_python(d.port, lambda i, n: H.post_json("/claim", {"id": f"bench-http-{i}:c:{n}"}),
+                    r = H.run_python(d.port, lambda i, n: H.post_json("/claim", {"id": f"bench-http-{i}:c:{n}"}, d.token),
                                      CONNS, self.args.warmup, dur)
                 self.cpu["http"] = meter.stop()
             self.keep_profile(prof)

@@ -52,12 +52,18 @@ class Alternate:
         return b"".join(out), n
 
 
-def _http_request(i: int, n: int) -> bytes:
-    name = f"bench-http-{i}"
-    body = json.dumps({"owner": name}).encode()
-    method = "POST" if n % 2 == 0 else "DELETE"
-    return (f"{method} /locks/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+def _http_requests(token: str | None):
+    """Raw lock acquire/release requests, alternately, carrying the daemon's token."""
+    auth = H.auth_line(token)
+
+    def make(i: int, n: int) -> bytes:
+        name = f"bench-http-{i}"
+        body = json.dumps({"owner": name}).encode()
+        method = "POST" if n % 2 == 0 else "DELETE"
+        return (f"{method} /locks/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    return make
 
 
 def part_http(args: argparse.Namespace, out: dict) -> None:
@@ -67,11 +73,12 @@ def part_http(args: argparse.Namespace, out: dict) -> None:
             return
         meter = CpuMeter({"core": [d.core_pid() or 0], "http": d.http_pids()})
         if H.wrk_path() and not args.no_wrk:
-            H.run_wrk(d.port, "lock_pairs.lua", args.conns, 1, threads=args.conns, script_args=("warm",))
+            H.run_wrk(d.port, "lock_pairs.lua", args.conns, 1, threads=args.conns, script_args=("warm",),
+                      token=d.token)
             r = H.run_wrk(d.port, "lock_pairs.lua", args.conns, args.duration, threads=args.conns,
-                          script_args=("bench",))
+                          script_args=("bench",), token=d.token)
         else:
-            r = H.run_python(d.port, _http_request, args.conns, args.warmup, args.duration)
+            r = H.run_python(d.port, _http_requests(d.token), args.conns, args.warmup, args.duration)
         cpu = meter.stop()
     out.update(http_lock_pairs_s=round(r.req_per_s / 2), http_lock_p50_ms=round(r.p50_ms or 0, 2),
                http_lock_p99_ms=round(r.p99_ms or 0, 2), http_non200=r.non200, http_socket_errors=r.socket_errors,

@@ -9,6 +9,13 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+-- The daemon's TCP port wants its home's token (bench/_httpload.run_wrk passes it here).
+local token = os.getenv("PORT_DADDY_TOKEN")
+local headers = {["Content-Type"] = "application/json"}
+if token then
+  headers["Authorization"] = "Bearer " .. token
+end
+
 function init(args)
   counter = 0
   non2xx = 0
@@ -18,7 +25,7 @@ end
 function request()
   counter = counter + 1
   local body = string.format('{"id":"%s-%d:c:%d"}', prefix, tid, counter)
-  return wrk.format("POST", "/claim", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/claim", headers, body)
 end
 
 function response(status, headers, body)

@@ -86,7 +86,7 @@ def main() -> None:
             d.start()
             if not d.wait_http(30):
                 raise RuntimeError(f"{name}: HTTP not up:\n{d.log_tail()}")
-            H.run_wrk(d.port, "claim_distinct.lua", args.conns, 1, script_args=(f"w{name}",))
+            H.run_wrk(d.port, "claim_distinct.lua", args.conns, 1, script_args=(f"w{name}",), token=d.token)
             d.call("port.release", id=f"w{name}-0:*")
             d.call("port.release", id=f"w{name}-1:*")
             runs[name] = []
@@ -99,7 +99,8 @@ def main() -> None:
                 http_pids, core_pid = d.http_pids(), d.core_pid() or 0
                 h0, c0 = _cpu_of(http_pids), _cpu_of([core_pid])
                 meter = CpuMeter({"http": http_pids, "core": [core_pid], "client": [os.getpid()]})
-                r = H.run_wrk(d.port, "claim_distinct.lua", args.conns, args.duration, script_args=(prefix,))
+                r = H.run_wrk(d.port, "claim_distinct.lua", args.conns, args.duration, script_args=(prefix,),
+                              token=d.token)
                 cpu = meter.stop()
                 h1, c1 = _cpu_of(http_pids), _cpu_of([core_pid])
                 n = max(1, r.requests)

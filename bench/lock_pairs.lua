@@ -10,6 +10,13 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
+-- The daemon's TCP port wants its home's token (bench/_httpload.run_wrk passes it here).
+local token = os.getenv("PORT_DADDY_TOKEN")
+local headers = {["Content-Type"] = "application/json"}
+if token then
+  headers["Authorization"] = "Bearer " .. token
+end
+
 function init(args)
   counter = 0
   non2xx = 0
@@ -21,7 +28,7 @@ end
 function request()
   counter = counter + 1
   local method = (counter % 2 == 1) and "POST" or "DELETE"
-  return wrk.format(method, "/locks/" .. name, {["Content-Type"] = "application/json"}, body)
+  return wrk.format(method, "/locks/" .. name, headers, body)
 end
 
 function response(status, headers, body)

@@ -3,7 +3,8 @@
 Both sit on one `call(action, **args)`; every catalogue operation also has a method of its own
 (`port.claim` -> `client.port_claim(id=...)`), generated from the catalogue so the SDK can never
 name an operation the daemon lacks. Transport: the binary IPC socket (`daemon.ipc`) when it
-exists, else HTTP over `daemon.sock`, else HTTP over TCP. Operations that may be sent
+exists, else HTTP over `daemon.sock`, else HTTP over TCP with the home's token
+(`PORT_DADDY_TOKEN`, else `auth.token`; see docs/security.md). Operations that may be sent
 fire-and-forget (heartbeat, publish, pheromone spray) are sent that way over IPC by their
 generated methods unless `_reply=True` is given.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pdcore import protocol as P
+from pdcore.auth import AUTH_REALM, client_token
 from pdcore.config import HOME_HEADER, Config, home_tag, load_config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE, Op
@@ -85,17 +87,30 @@ def _unix_http_connection() -> type[http.client.HTTPConnection]:
     return UnixHTTPConnection
 
 
-def served_home(port: int, conn: http.client.HTTPConnection | None = None, timeout: float = 2.0) -> str | None:
-    """The home tag (config.home_tag) the daemon on 127.0.0.1:`port` names with HEAD /health;
-    None when nothing answers or the answer names no home. Uses `conn` (kept open) when given."""
+def auth_headers(config: Config) -> dict[str, str]:
+    """The Authorization header a TCP request of this home carries (none when no token is at hand)."""
+    token = client_token(config.token_path)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def served_home(port: int, conn: http.client.HTTPConnection | None = None, timeout: float = 2.0,
+                headers: dict[str, str] | None = None) -> str | None:
+    """The home tag (config.home_tag) the daemon on 127.0.0.1:`port` names with HEAD /health
+    (to a caller with its token: `headers`); "" when a daemon answers 401 (it does not take this
+    token: another home's, or a rotated token); None when nothing answers or no home is named.
+    Uses `conn` (kept open) when given."""
     import http.client
 
     own = conn is None
     link = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout) if conn is None else conn
+    # Without a token, a token that cannot match: a Port Daddy daemon still shows itself by refusing it.
+    headers = headers or {"Authorization": "Bearer -"}
     try:
-        link.request("HEAD", "/health")
+        link.request("HEAD", "/health", headers=headers)
         resp = link.getresponse()
         resp.read()
+        if resp.status == 401:
+            return "" if AUTH_REALM in (resp.getheader("WWW-Authenticate") or "") else None
         return resp.getheader(HOME_HEADER)
     except (OSError, http.client.HTTPException):
         return None
@@ -104,14 +119,21 @@ def served_home(port: int, conn: http.client.HTTPConnection | None = None, timeo
             link.close()
 
 
-def _check_tcp_daemon_home(conn: http.client.HTTPConnection, config: Config) -> None:
+def _check_tcp_daemon_home(conn: http.client.HTTPConnection, config: Config, headers: dict[str, str]) -> None:
     """Before a call over TCP, make sure the daemon on the port serves this home.
 
     TCP is the last fallback, used when this home has no sockets, which is also what a home
     whose daemon is not running looks like: the port may then belong to another home's daemon,
     and a claim or a note sent there would land in the wrong state. One HEAD /health on the
     call's own keep-alive connection asks it (a failure here fails the call itself next)."""
-    served = served_home(config.tcp_port, conn)
+    served = served_home(config.tcp_port, conn, headers=headers)
+    if served == "":
+        conn.close()
+        raise OpError("unavailable", f"the daemon on 127.0.0.1:{config.tcp_port} refused this home's token "
+                                     f"({config.token_path}, or PORT_DADDY_TOKEN): either it serves another home "
+                                     f"and this one ({config.home}) has no daemon running (start it with pd start "
+                                     "on a free port: PORT_DADDY_PORT), or the token was rotated (`pd token` "
+                                     "prints the current one)")
     if served is not None and served != home_tag(config.home):
         conn.close()
         raise OpError("unavailable", f"this home ({config.home}) has no daemon running; the one on "
@@ -140,15 +162,18 @@ def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
             path += "?" + urllib.parse.urlencode(query)
     else:
         body = json.dumps({k: v for k, v in rest.items() if v is not None})
+    headers = {"Content-Type": "application/json"}
     if Path(config.sock).exists():
         conn: http.client.HTTPConnection = _unix_http_connection()(str(config.sock), timeout)
     elif not config.no_tcp:
         conn = http.client.HTTPConnection("127.0.0.1", config.tcp_port, timeout=timeout)
-        _check_tcp_daemon_home(conn, config)
+        token = auth_headers(config)
+        _check_tcp_daemon_home(conn, config, token)
+        headers.update(token)
     else:
         raise OpError("unavailable", DOWN_MESSAGE)
     try:
-        conn.request(route.method, path, body=body, headers={"Content-Type": "application/json"})
+        conn.request(route.method, path, body=body, headers=headers)
         resp = conn.getresponse()
         data = json.loads(resp.read() or b"{}")
     except (OSError, http.client.HTTPException, ValueError):

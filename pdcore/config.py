@@ -29,6 +29,7 @@ class Config:
     port_file: Path | None = None
     db_path: Path | None = None
     key_path: Path | None = None
+    token_path: Path | None = None  # auth.token, the secret TCP callers present (docs/security.md)
     log_path: Path | None = None
     shm_path: Path | None = None  # state.shm, the service table in shared memory
     tcp_port: int = 9876
@@ -58,6 +59,8 @@ class Config:
     http_core_connect_wait_ms: int = 2000  # a worker retries core.sock this long (core restarting) before 503
     http_max_waiting: int = 0  # per worker: SSE streams + parked ops holding a thread; 0 = http_threads - 2
     sse_keepalive_s: int = 15  # comment line sent on an idle event stream
+    dashboard_ticket_ttl_ms: int = 60_000  # a `pd dashboard` link works once, within this long
+    dashboard_tickets_max: int = 64  # unused dashboard links kept; the oldest is dropped beyond this
     # durability
     db_synchronous: str = "NORMAL"  # NORMAL survives kill -9 in WAL mode; FULL also power loss
     db_start_check_max_ms: int = 10_000  # state.db's quick_check at start stops (as passed) after this long; 0 skips it
@@ -162,6 +165,7 @@ class Config:
             "port_file": "daemon.port",
             "db_path": "state.db",
             "key_path": "master.key",
+            "token_path": "auth.token",
             "log_path": "daemon.log",
             "shm_path": "state.shm",
         }

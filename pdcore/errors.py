@@ -13,6 +13,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_action": 400,
     "not_understood": 400,
     "fire_and_forget_not_allowed": 400,
+    "unauthorized": 401,  # no token, or a wrong one, on the TCP port (docs/security.md)
     "forbidden": 403,
     "bad_host": 403,
     "bad_origin": 403,

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdcore.auth import TokenError, ensure_token
 from pdcore.config import EXIT_CONFIG, Config, load_config_or_exit
 from pdcore.paths import (
     SUPERVISOR_PID_ENV,
@@ -89,6 +90,10 @@ class Supervisor:
         if not self.config.no_tcp and not tcp_port_free(self.config.tcp_port):
             raise SystemExit(f"port-daddy: 127.0.0.1:{self.config.tcp_port} is in use by another program; "
                              "stop it, or set PORT_DADDY_PORT (or tcp_port in config.yaml)")
+        try:
+            ensure_token(self.config.token_path)  # before HTTP starts: TCP callers must present it
+        except TokenError as exc:
+            raise SystemExit(f"port-daddy: {exc}") from None
         if self.config.pid_file.exists():
             log.info("event=stale_pid_file.removed path=%s", self.config.pid_file)
             self.config.pid_file.unlink()

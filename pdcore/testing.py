@@ -7,12 +7,16 @@ builds the Config those processes will see. Nothing here touches ~/.port-daddy.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pdcore.auth import ensure_token
 from pdcore.config import Config, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,3 +60,14 @@ def config_for(env: dict[str, str], home: Path) -> Config:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@functools.cache
+def token_home() -> tuple[Path, dict[str, str]]:
+    """A home folder holding a token (one per process, removed at exit), and the headers of a
+    local TCP caller presenting it: for HTTP app tests that run in-process."""
+    home = Path(tempfile.mkdtemp(prefix="pd-app-"))
+    os.chmod(home, 0o700)
+    atexit.register(shutil.rmtree, home, True)
+    token = ensure_token(home / "auth.token")
+    return home, {"Host": "localhost:9876", "Authorization": f"Bearer {token}"}

@@ -25,7 +25,9 @@ from pdcore.client import Client
 from pdcore.errors import OpError
 from pdcore.testing import REPO, config_for, free_port, isolated_home
 
-__all__ = ["REPO", "Daemon", "free_port"]
+__all__ = ["HOME_TOKEN", "REPO", "Daemon", "free_port"]
+
+HOME_TOKEN = "<the home's token>"  # Daemon.http's default: send the token of the daemon's home
 
 
 class Daemon:
@@ -77,12 +79,21 @@ class Daemon:
         self._clients.append(c)
         return c
 
+    @property
+    def token(self) -> str:
+        """The home's token (auth.token), which TCP callers must send."""
+        return (self.home / "auth.token").read_text().strip()
+
     def http(self, method: str, path: str, body: object = None, headers: dict | None = None,
-             timeout: float = 30.0) -> tuple[int, dict]:
+             timeout: float = 30.0, token: str | None = HOME_TOKEN) -> tuple[int, dict]:
+        """One request over TCP, with the home's token unless `token` says another (None: none)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = None if body is None else (body if isinstance(body, (bytes, str)) else json.dumps(body))
-            hdrs = {"Content-Type": "application/json", **(headers or {})}
+            hdrs = {"Content-Type": "application/json"}
+            if token is not None:
+                hdrs["Authorization"] = f"Bearer {self.token if token is HOME_TOKEN else token}"
+            hdrs.update(headers or {})
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
             raw = resp.read()

@@ -1,9 +1,9 @@
 """`create_app(config)`: the Falcon WSGI app of the HTTP side.
 
 Routes come from the op catalogue (`workers.routes`); the HTTP side adds the event stream
-(`workers.sse`), `/openapi.json` (`workers.openapi`), Prometheus metrics (`workers.metrics`)
-and the dashboard at `/`. Every request passes the gate first (`workers.guard`: Host,
-Origin, size). Errors are turned into the JSON error body in one place, here: an `OpError`
+(`workers.sse`), `/openapi.json` (`workers.openapi`), Prometheus metrics (`workers.metrics`),
+the dashboard at `/` and the landing of its one-time links (`/auth/dashboard`). Every request
+passes the gate first (`workers.guard`: Host, who is calling, Origin, size). Errors are turned into the JSON error body in one place, here: an `OpError`
 keeps its code and status, Falcon's own errors (no route, wrong method) get a code too, and
 anything unexpected is logged and answered 500 `internal` without taking the worker down.
 """
@@ -17,12 +17,13 @@ from typing import Any
 import falcon
 import falcon.media
 
+from pdcore.auth import AUTH_REALM, cookie_name
 from pdcore.config import Config
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
 from pdcore.shm import ShmFirst
 from workers.corelink import CoreClient
-from workers.guard import Gate
+from workers.guard import TICKET_PATH, Gate
 from workers.metrics import metrics_renderer
 from workers.openapi import SSE_PATH, build_spec
 from workers.routes import Core, OpResource, build_resources, dumps, router_template
@@ -53,6 +54,8 @@ def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> Non
     resp.media = body
     if status in (429, 503):
         resp.set_header("Retry-After", str(body.get("retryAfter", 1)))
+    elif status == 401:
+        resp.set_header("WWW-Authenticate", f"Bearer {AUTH_REALM}")
 
 
 def handle_op_error(req: falcon.Request, resp: falcon.Response, ex: OpError, params: dict) -> None:
@@ -107,6 +110,32 @@ class Dashboard:
         resp.text = self.html
 
 
+class DashboardLink:
+    """`GET /auth/dashboard?ticket=...`: a `pd dashboard` link. The core uses the ticket up (once,
+    within its validity); the browser then gets the dashboard cookie and goes to `/`."""
+
+    def __init__(self, core: Core, gate: Gate, tcp_port: int) -> None:
+        self.core = core
+        self.gate = gate
+        self.cookie = cookie_name(tcp_port)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ticket = req.get_param("ticket") or ""
+        if not ticket:
+            raise OpError("unauthorized", "this link has no ticket; run `pd dashboard` for a new link", "ticket")
+        self.core.call("daemon.dashboard_redeem", {"ticket": ticket[:200]})
+        value = self.gate.keys.current_cookie()
+        if value is None:
+            raise OpError("unavailable", f"the dashboard cannot be opened: {self.gate.keys.problem}")
+        resp.set_cookie(self.cookie, value, path="/", secure=False, http_only=True, same_site="Strict")
+        resp.set_header("Cache-Control", "no-store")
+        resp.set_header("Referrer-Policy", "no-referrer")  # the ticket stays out of later requests
+        resp.status = 303
+        resp.location = "/"
+        resp.content_type = falcon.MEDIA_JSON
+        resp.media = {"success": True, "redirect": "/"}
+
+
 def _mount(app: falcon.App, resources: dict[str, Any], template: str, method: str, responder: Any) -> None:
     """Serve `method` on `template` with `responder`, beside any catalogue methods there."""
     resource = resources.get(template)
@@ -138,14 +167,15 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
             core = ShmFirstCore(core, ShmFirst(config.shm_path))
     slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
 
-    app = falcon.App(middleware=[Gate(config.http_max_body, str(config.home))], cors_enable=False)
+    gate = Gate(config.http_max_body, config.token_path, config.tcp_port, str(config.home))
+    app = falcon.App(middleware=[gate], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
     json_handler = falcon.media.JSONHandler(dumps=dumps)  # the responders' encoder (non-ASCII kept, bytes as base64)
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
 
     sse_template, sse_fields = router_template(SSE_PATH)
-    special = {("GET", sse_template), ("GET", "/"), ("GET", "/openapi.json")}
+    special = {("GET", sse_template), ("GET", "/"), ("GET", "/openapi.json"), ("GET", TICKET_PATH)}
     resources: dict[str, Any] = dict(build_resources(
         CATALOGUE.values(), core, slots, config.http_max_body, RENDERERS, skip=special))
     stream_source: StreamSource = core  # type: ignore[assignment]
@@ -154,6 +184,7 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
     _mount(app, resources, sse_template, "HEAD", events.on_head)  # headers only: no stream is opened
     _mount(app, resources, "/openapi.json", "GET", OpenApiDocument().on_get)
     _mount(app, resources, "/", "GET", Dashboard(DASHBOARD_HTML.read_text()).on_get)
+    _mount(app, resources, TICKET_PATH, "GET", DashboardLink(core, gate, config.tcp_port).on_get)
     for template in sorted(resources):
         resource = resources[template]
         if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):

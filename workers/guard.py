@@ -1,5 +1,12 @@
 """The front gate of every HTTP request: where it came from, who sent it, how big it is.
 
+- Who (docs/security.md): over the Unix socket the peer's uid (SO_PEERCRED) must be the
+  daemon's, else 403 `forbidden`; over TCP the request must carry the home's token
+  (`Authorization: Bearer`) or the dashboard cookie, else 401 `unauthorized` naming the token
+  file. Only `GET`/`HEAD /health` (answered here with a bare "ok", nothing about the home) and
+  the dashboard link's redemption pass without. `admit` is that policy as a plain function of
+  the request's facts, apart from the server's request objects. Operations that run commands
+  (`Op.runs_commands`) are refused again to any caller `admit` let in unauthenticated.
 - Host check (DNS rebinding): over TCP the Host header must name a loopback host
   (`localhost`, 127.0.0.0/8, `[::1]`); a page on evil.example whose name was re-pointed at
   127.0.0.1 is refused with 403 `bad_host`. Requests over the Unix socket are not checked:
@@ -15,25 +22,43 @@
 The gate runs on every request, so its answers for a Host or Origin value are remembered
 (clients send the same one or two values every time); the memory is bounded and forgets
 everything when full, so a client sending ever-new values costs the full check, no more.
+The peer's uid is asked of the kernel once per connection; the token is compared in constant
+time against a copy re-read only when the file changes (`pdcore.auth.TokenKeys`).
 """
 
 from __future__ import annotations
 
 import _socket
 import ipaddress
+import os
 import socket
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import falcon
 
+from pdcore.auth import TokenKeys, cookie_name
 from pdcore.config import HOME_HEADER, home_tag
 from pdcore.errors import OpError
+from pdcore.paths import peer_credentials
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SLASH = "%2F"
 _CACHE_MAX = 256  # distinct Host / Origin values remembered per worker process
 _FAMILY = _socket.socket.family  # the C attribute: an int, without socket.socket's enum conversion
+OWN_UID = os.getuid()
+HEALTH_PATH = "/health"
+TICKET_PATH = "/auth/dashboard"  # where a `pd dashboard` link lands; the ticket is its credential
+READ_METHODS = frozenset({"GET", "HEAD"})
+HEALTH_ANONYMOUS = b'{"success":true,"status":"ok"}'
+
+# Who a caller is, as `admit` tells it (kept on req.context.caller).
+OWNER = "owner"  # a process of the daemon's uid, over the Unix socket
+TOKEN = "token"  # presented the home's token
+COOKIE = "cookie"  # the dashboard cookie (a browser that followed a `pd dashboard` link)
+ANONYMOUS = ""  # nothing: only /health and the ticket route get this far
 
 
 def is_loopback_host(host: str) -> bool:
@@ -109,6 +134,55 @@ def client_key(env: dict) -> str:
     return "unix" if over_unix_socket(env) else (env.get("REMOTE_ADDR") or "unknown")
 
 
+def _unauthorized(keys: TokenKeys, wrong: bool) -> OpError:
+    what = ("the token in Authorization is not this daemon's (was it rotated? `pd token` prints the current one)"
+            if wrong else "this request needs the daemon's token")
+    return OpError("unauthorized", f"{what}; the token is in {keys.path}: send it as `Authorization: Bearer <token>` "
+                                   "(e.g. curl -H \"Authorization: Bearer $(pd token)\"); the browser dashboard "
+                                   "opens with `pd dashboard`", "Authorization")
+
+
+def _cookie(header: str, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header, or None."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def admit(*, over_unix: bool, peer_uid: int | None, authorization: str | None, cookies: str | None,
+          method: str, path: str, keys: TokenKeys, cookie: str) -> str:
+    """Who the caller is (OWNER, TOKEN, COOKIE, or ANONYMOUS where that is allowed); raises
+    OpError `forbidden` (Unix peer of another uid) or `unauthorized` (TCP without the token).
+
+    `cookie` is the dashboard cookie's name; `cookies` the request's Cookie header."""
+    if over_unix:
+        if peer_uid == OWN_UID:
+            return OWNER
+        raise OpError("forbidden", f"this socket serves only its owner (uid {OWN_UID}); the connecting process "
+                                   f"runs as uid {peer_uid}", "peer")
+    if authorization is not None:
+        if keys.accepts_authorization(authorization):
+            return TOKEN
+        raise _unauthorized(keys, wrong=True)
+    if cookies:
+        value = _cookie(cookies, cookie)
+        if value and keys.accepts_cookie(value):
+            return COOKIE
+    if method in READ_METHODS and (path == HEALTH_PATH or path == TICKET_PATH):
+        return ANONYMOUS
+    raise _unauthorized(keys, wrong=False)
+
+
+def refuse_unauthenticated(caller: str, what: str) -> None:
+    """Operations that run commands are never served to an unauthenticated caller, whatever the door."""
+    if caller == ANONYMOUS:
+        raise OpError("unauthorized", f"{what} runs commands as the daemon's owner; it needs the daemon's token "
+                                      "(Authorization: Bearer, see `pd token`) or the owner's Unix socket",
+                      "Authorization")
+
+
 def unescape_param(value: str) -> str:
     """Undo the escaping `Gate` applies to a slash inside a path segment."""
     return value.replace(_SLASH, "/") if _SLASH in value else value
@@ -117,24 +191,48 @@ def unescape_param(value: str) -> str:
 class Gate:
     """Falcon middleware that applies the checks above before routing."""
 
-    def __init__(self, max_body: int, home: str | None = None) -> None:
+    def __init__(self, max_body: int, token_path: Path, tcp_port: int, home: str | None = None) -> None:
         self.max_body = max_body
         self.home_tag = home_tag(home) if home is not None else None
+        self.keys = TokenKeys(token_path)
+        self.cookie = cookie_name(tcp_port)
+        # The peer's uid per Unix connection (asked of the kernel once); forgotten with the socket.
+        self._peer_uids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
-        if self.home_tag is not None:  # which home this daemon serves (a TCP client checks it)
+        # Which home this daemon serves (a TCP client checks it); never told to an anonymous caller.
+        if self.home_tag is not None and req.context.get("caller"):
             resp.set_header(HOME_HEADER, self.home_tag)
+
+    def _peer_uid(self, sock: object) -> int | None:
+        try:
+            uid = self._peer_uids.get(sock)
+            if uid is None:
+                uid = self._peer_uids[sock] = peer_credentials(sock)[1]  # type: ignore[arg-type]
+            return uid
+        except (OSError, TypeError):
+            return None
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         env = req.env
-        if not over_unix_socket(env):
+        unix = over_unix_socket(env)
+        if not unix:
             host = env.get("HTTP_HOST")
             if host is not None and not loopback_host(host):
                 raise OpError(
                     "bad_host",
                     f"Host header {host[:100]!r} is not a loopback name; use http://localhost or "
                     "http://127.0.0.1 (other names are refused to stop DNS rebinding)", "Host")
+        caller = req.context.caller = admit(
+            over_unix=unix, peer_uid=self._peer_uid(env.get("gunicorn.socket")) if unix else None,
+            authorization=env.get("HTTP_AUTHORIZATION"), cookies=env.get("HTTP_COOKIE"),
+            method=req.method, path=req.path, keys=self.keys, cookie=self.cookie)
+        if caller == ANONYMOUS and req.path == HEALTH_PATH:
+            resp.content_type = falcon.MEDIA_JSON
+            resp.data = HEALTH_ANONYMOUS
+            resp.complete = True
+            return
         origin = env.get("HTTP_ORIGIN")
         if origin is not None and req.method not in SAFE_METHODS and not loopback_origin(origin):
             raise OpError(

@@ -46,6 +46,9 @@ EXTRA_ROUTES = (
      "`?after=ID`) from the channel's history, with `event: gap` first when messages may have been lost, "
      "and before the next message when a stream that fell behind had messages dropped.",
      "text/event-stream", 200),
+    ("GET", "/auth/dashboard", "Where a `pd dashboard` link lands: uses its one-time `ticket` up, sets the "
+     "dashboard cookie (HttpOnly, SameSite=Strict) and redirects (303) to `/`. Needs no token.",
+     "application/json", 303),
 )
 
 # pdcore.ops.schema.check_identity_pattern as one regular expression: up to three segments,
@@ -239,11 +242,18 @@ def build_spec(ops: Iterable[Op] | None = None) -> dict[str, Any]:
             "title": "Port Daddy",
             "version": __version__,
             "description": "Local coordination daemon for AI coding agents. Every reply is JSON with "
-                           "`success`; failures carry `error` (a sentence), `code` and `field`.",
+                           "`success`; failures carry `error` (a sentence), `code` and `field`. Over TCP "
+                           "every request but `GET /health` and `GET /auth/dashboard` needs the home's "
+                           "token (`Authorization: Bearer`, from `<home>/auth.token` or `pd token`), else "
+                           "401 `unauthorized`; see docs/security.md.",
         },
+        "security": [{"homeToken": []}],
         "servers": [{"url": "http://localhost:9876"}],
         "paths": {path: paths[path] for path in sorted(paths)},
-        "components": {"schemas": {"Error": {
+        "components": {"securitySchemes": {"homeToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "the token in <home>/auth.token (`pd token`); not needed over daemon.sock"}},
+            "schemas": {"Error": {
             "type": "object",
             "required": ["success", "error", "code"],
             "properties": {

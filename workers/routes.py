@@ -26,7 +26,7 @@ from pdcore.errors import OpError
 from pdcore.fastjson import encoder
 from pdcore.ops.schema import Op, Route, coerce_text_args, loads_json
 from workers.corelink import reply_timeout
-from workers.guard import client_key, unescape_param
+from workers.guard import client_key, refuse_unauthenticated, unescape_param
 from workers.slots import Slots
 
 PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(:[^{}]+)?\}$")  # {name} or {name:converter}
@@ -138,6 +138,7 @@ class Endpoint:
         self.has_body = self.method in BODY_METHODS
         self.idempotent = self.method in READ_METHODS
         self.may_park = self.op.parks
+        self.runs_commands = self.op.runs_commands
         self.what = f"{self.route.method} {self.route.path}"
 
     def arguments(self, req: falcon.Request, params: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +174,8 @@ class Endpoint:
         return True
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        if self.runs_commands:
+            refuse_unauthenticated(req.context.get("caller", ""), self.what)
         args = self.arguments(req, params)
         if self.may_park and self.may_wait(args):
             timeout_s = reply_timeout(args, parks=True)

@@ -14,7 +14,7 @@ import click
 from cli.common import call, fail, options, output, output_options, table, when
 from cli.daemonctl import log_tail, run_foreground, start_daemon, stop_daemon
 from pdcore import __version__
-from pdcore.client import Client, served_home
+from pdcore.client import Client, auth_headers, served_home
 from pdcore.config import DEFAULT_HOME, Config, ConfigError, home_tag, load_config
 from pdcore.errors import OpError
 from pdcore.paths import check_home, read_pid, socket_answers, supervisor_running
@@ -180,6 +180,16 @@ def _doctor_checks() -> list[dict]:
         else:
             add(name, not live, f"{path} missing", "pd start" if live else "")
     _doctor_state(config, add)
+    if config.token_path.exists():
+        from pdcore.auth import TokenError, read_token
+
+        try:
+            read_token(config.token_path)
+            add("token", True, f"{config.token_path} mode 600")
+        except TokenError as exc:
+            add("token", False, str(exc), "pd token rotate (makes a new one, 0600)")
+    else:
+        add("token", True, "not created yet (made on first start)")
     if not config.no_tcp and not live:
         import socket
 
@@ -188,7 +198,7 @@ def _doctor_checks() -> list[dict]:
             s.bind(("127.0.0.1", config.tcp_port))
             add("tcp port", True, f"{config.tcp_port} free")
         except OSError:
-            holder = served_home(config.tcp_port)
+            holder = served_home(config.tcp_port, headers=auth_headers(config))
             what = ("the Port Daddy daemon of another home" if holder not in (None, home_tag(config.home))
                     else "another program")
             add("tcp port", False, f"{config.tcp_port} is used by {what}",

@@ -16,6 +16,15 @@ OPS = (
        routes=(Route("GET", "/status"),), cli=("status",)),
     Op("daemon.config", "daemon.config_get", "The configuration in force.",
        reply={"config": "dict"}, routes=(Route("GET", "/config"),), cli=("config",)),
+    Op("daemon.dashboard_ticket", "daemon.dashboard_ticket",
+       "A one-time link into the browser dashboard (pd dashboard): valid once, for dashboard_ticket_ttl_ms.",
+       reply={"ticket": "str", "path": "str", "expiresAt": "int"},
+       routes=(Route("POST", "/auth/dashboard-ticket"),), cli=("dashboard",)),
+    # Called by an HTTP worker (over core.sock only) when a browser follows the link.
+    Op("daemon.dashboard_redeem", "daemon.dashboard_redeem",
+       "Use up a dashboard ticket: true once, within its validity; `unauthorized` otherwise.",
+       args=(Arg("ticket", "str", required=True, max_len=200),),
+       reply={"redeemed": "bool"}, errors=("unauthorized", "forbidden"), internal=True),
     Op("activity.list", "activity.list", "Recent state changes, newest first.",
        args=(
            limit_arg(50, max=1000),

@@ -159,6 +159,10 @@ class Op:
     # repeat with the same id returns the recorded result (state/takerecords.py); the SDK gives
     # every such call a fresh id and repeats it after a lost reply.
     takes: bool = False
+    # It makes the daemon run a command or reach out on the caller's behalf (spawn, fleets,
+    # webhooks' targets): the HTTP gate refuses it to an unauthenticated caller whatever the
+    # door, on top of the door's own check (docs/security.md).
+    runs_commands: bool = False
 
     def __post_init__(self) -> None:
         if self.actor is not None and all(a.name != self.actor for a in self.args):

@@ -1,14 +1,22 @@
-"""Facts about the daemon itself: health, version, metrics, status, config."""
+"""Facts about the daemon itself: health, version, metrics, status, config; dashboard tickets.
+
+A dashboard ticket is how a browser gets in without the token (docs/security.md): `pd
+dashboard` asks for one and prints a link; the HTTP worker the browser reaches redeems it
+here, once, within `dashboard_ticket_ttl_ms`, and then sets the dashboard cookie. Tickets
+live in memory only (a restart forgets them) and are kept by their hash.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pdcore import __version__
+from pdcore.errors import OpError
 from pdcore.state.base import Ctx, Primitive
 
 
@@ -35,6 +43,7 @@ class Daemon(Primitive):
     def __init__(self, root: Any) -> None:
         super().__init__(root)
         self.stats: dict[str, int] = {}  # counters kept by the core (frames, ops, errors, ...)
+        self.tickets: dict[bytes, int] = {}  # sha256 of an unused dashboard ticket -> expiry (epoch ms)
 
     def _uptime(self, ctx: Ctx) -> int:
         return max(0, ctx.now - self.root.started_at)
@@ -69,6 +78,27 @@ class Daemon(Primitive):
 
     def config_get(self, ctx: Ctx) -> dict:
         return {"config": self.config.public()}
+
+    def dashboard_ticket(self, ctx: Ctx) -> dict:
+        tickets = self.tickets
+        for key in [k for k, expires in tickets.items() if expires <= ctx.now]:
+            del tickets[key]
+        while len(tickets) >= max(1, self.config.dashboard_tickets_max):
+            del tickets[next(iter(tickets))]  # the oldest (dicts keep insertion order)
+        ticket = secrets.token_urlsafe(32)
+        expires = ctx.now + self.config.dashboard_ticket_ttl_ms
+        tickets[hashlib.sha256(ticket.encode()).digest()] = expires
+        return {"ticket": ticket, "path": f"/auth/dashboard?ticket={ticket}", "expiresAt": expires}
+
+    def dashboard_redeem(self, ctx: Ctx, ticket: str) -> dict:
+        if ctx.source != "http":
+            raise OpError("forbidden", "dashboard tickets are redeemed by the HTTP side only (open the link "
+                                       "in a browser)", "ticket")
+        expires = self.tickets.pop(hashlib.sha256(ticket.encode()).digest(), None)
+        if expires is None or expires <= ctx.now:
+            raise OpError("unauthorized", "this dashboard link was used already or has expired (links work "
+                                          "once, for a minute); run `pd dashboard` for a new one", "ticket")
+        return {"redeemed": True}
 
 
 PRIMITIVE = Daemon

@@ -1,5 +1,7 @@
-"""The dashboard in a real browser (headless Chromium): every panel shows the daemon's state,
-and it is live over SSE (a published message reaches the feed; a new agent reaches its panel).
+"""The dashboard in a real browser (headless Chromium): it opens through a `pd dashboard`
+one-time link (the cookie then carries every fetch and the event stream), every panel shows
+the daemon's state, and it is live over SSE (a published message reaches the feed; a new
+agent reaches its panel).
 
 Needs `pip install -e '.[browser]'` and Chromium with its driver (Debian: `chromium
 chromium-driver`); skipped without them."""
@@ -58,7 +60,12 @@ def test_every_panel_shows_the_state_and_updates_live(fresh_daemon, browser):
     sdk.lock_acquire(name="dash-deploy", owner="dash-agent-1")
     sdk.tuple_out(fields=["task", "dash"])
 
-    browser.get(f"http://127.0.0.1:{d.port}/")
+    browser.get(f"http://127.0.0.1:{d.port}/")  # without the link: refused
+    assert "unauthorized" in browser.page_source
+    link = d.pd("dashboard", "--no-open", "-q")
+    assert link.returncode == 0, link.stderr
+    browser.get(link.stdout.strip())  # 303 to / with the cookie
+    assert browser.current_url == f"http://127.0.0.1:{d.port}/"
     wait_for(browser, "status", lambda s: s.startswith("up "))
     expected = {"services": "dash:web:main", "agents": "dash-agent-1", "sessions": "wire the dashboard",
                 "locks": "dash-deploy", "heat": "src/dash.py", "tuples": "task, dash"}

@@ -97,7 +97,7 @@ def test_health_version_status_and_openapi(daemon):
 def test_prometheus_metrics(daemon):
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
     try:
-        conn.request("GET", "/metrics?format=prometheus")
+        conn.request("GET", "/metrics?format=prometheus", headers={"Authorization": f"Bearer {daemon.token}"})
         resp = conn.getresponse()
         text = resp.read().decode()
     finally:
@@ -140,7 +140,7 @@ def test_sse_stream_receives_a_published_message_on_a_channel_with_colon_and_sla
     encoded = channel.replace("/", "%2F")
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
     try:
-        conn.request("GET", f"/msg/{encoded}/subscribe")
+        conn.request("GET", f"/msg/{encoded}/subscribe", headers={"Authorization": f"Bearer {daemon.token}"})
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
         assert resp.readline().startswith(b"retry:")

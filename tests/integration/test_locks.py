@@ -30,8 +30,9 @@ def unique(prefix: str) -> str:
 class HttpLocker:
     """A lock client over TCP HTTP with one keep-alive connection (reopened when it drops)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, token: str) -> None:
         self.port = port
+        self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         self.conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: dict) -> tuple[int, dict]:
@@ -39,7 +40,7 @@ class HttpLocker:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
             try:
-                self.conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+                self.conn.request(method, path, body=json.dumps(body), headers=self.headers)
                 resp = self.conn.getresponse()
                 return resp.status, json.loads(resp.read())
             except (OSError, http.client.HTTPException):
@@ -91,7 +92,7 @@ def test_mutual_exclusion_and_increasing_fences_under_load(daemon_factory):
 
     def worker(i: int) -> None:
         owner = f"client-{i}"
-        locker = IpcLocker(d.client(transport="ipc")) if i % 2 == 0 else HttpLocker(d.port)
+        locker = IpcLocker(d.client(transport="ipc")) if i % 2 == 0 else HttpLocker(d.port, d.token)
         try:
             start.wait(timeout=30)
             for _ in range(ROUNDS):

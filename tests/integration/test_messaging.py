@@ -26,10 +26,11 @@ def unique(prefix: str) -> str:
 class SseReader(threading.Thread):
     """Reads `GET /msg/{channel}/subscribe`, collecting the data of `message` events."""
 
-    def __init__(self, port: int, channel: str) -> None:
+    def __init__(self, daemon, channel: str) -> None:
         super().__init__(daemon=True)
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.conn.request("GET", f"/msg/{channel}/subscribe", headers={"Accept": "text/event-stream"})
+        self.conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        self.conn.request("GET", f"/msg/{channel}/subscribe", headers={"Accept": "text/event-stream",
+                                                                      "Authorization": f"Bearer {daemon.token}"})
         self.sock = self.conn.sock
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.read()
@@ -74,7 +75,7 @@ def test_one_publish_reaches_ipc_subscriber_sse_reader_and_long_poller(daemon):
     channel = unique("fanout")
     client = daemon.client(transport="ipc")
     subscription = client.subscribe(channel)
-    sse = SseReader(daemon.port, channel)
+    sse = SseReader(daemon, channel)
     sse.start()
     sse.subscribed.wait(10)
     polled: dict = {}

@@ -16,6 +16,7 @@ import pytest
 from falcon import testing
 
 from pdcore.config import Config
+from pdcore.testing import token_home
 from workers import sse
 from workers.app import create_app
 
@@ -35,7 +36,8 @@ def publish(daemon, channel: str, n: int) -> int:
 class EventStream:
     """One SSE connection, read one event at a time (`retry` and `:` comments are skipped)."""
 
-    def __init__(self, port: int, path: str, headers: dict | None = None, rcvbuf: int | None = None) -> None:
+    def __init__(self, daemon, path: str, headers: dict | None = None, rcvbuf: int | None = None) -> None:
+        port = daemon.port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=READ_TIMEOUT_S)
         if rcvbuf is not None:  # a small receive window, set before connecting, makes a slow reader
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -43,7 +45,8 @@ class EventStream:
             sock.settimeout(READ_TIMEOUT_S)
             sock.connect(("127.0.0.1", port))
             self.conn.sock = sock
-        self.conn.request("GET", path, headers={"Accept": "text/event-stream", **(headers or {})})
+        self.conn.request("GET", path, headers={"Accept": "text/event-stream",
+                                                "Authorization": f"Bearer {daemon.token}", **(headers or {})})
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.read()
         assert self.resp.getheader("Content-Type") == "text/event-stream"
@@ -87,7 +90,7 @@ def kinds_and_ids(events: list[tuple[str, int | None, dict]]) -> list[tuple[str,
 def test_last_event_id_replays_the_missed_messages_then_goes_live(daemon):
     channel = unique("resume")
     ids = [publish(daemon, channel, n) for n in range(6)]
-    with EventStream(daemon.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[1])}) as stream:
+    with EventStream(daemon, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[1])}) as stream:
         replay = stream.events(4)
         assert kinds_and_ids(replay) == [("message", i) for i in ids[2:]]
         assert [data["message"] for _, _, data in replay] == [{"n": n} for n in range(2, 6)]
@@ -101,19 +104,19 @@ def test_last_event_id_replays_the_missed_messages_then_goes_live(daemon):
 def test_after_query_parameter_and_the_header_winning_over_it(daemon):
     channel = unique("resume-q")
     ids = [publish(daemon, channel, n) for n in range(5)]
-    with EventStream(daemon.port, f"/msg/{channel}/subscribe?after={ids[0]}") as stream:
+    with EventStream(daemon, f"/msg/{channel}/subscribe?after={ids[0]}") as stream:
         assert kinds_and_ids(stream.events(4)) == [("message", i) for i in ids[1:]]
         live_id = publish(daemon, channel, 5)
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]
     ids.append(live_id)
     # A reconnecting EventSource repeats the original URL with a newer Last-Event-ID: the header wins.
-    with EventStream(daemon.port, f"/msg/{channel}/subscribe?after={ids[0]}",
+    with EventStream(daemon, f"/msg/{channel}/subscribe?after={ids[0]}",
                      {"Last-Event-ID": str(ids[3])}) as stream:
         assert kinds_and_ids(stream.events(2)) == [("message", ids[4]), ("message", ids[5])]
         live_id = publish(daemon, channel, 6)
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]
     # Up to date: nothing replayed, no gap, straight to live.
-    with EventStream(daemon.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(live_id)}) as stream:
+    with EventStream(daemon, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(live_id)}) as stream:
         newer = publish(daemon, channel, 7)
         assert kinds_and_ids([stream.next_event()]) == [("message", newer)]
 
@@ -144,7 +147,7 @@ def test_messages_published_while_resuming_arrive_once_and_in_order(daemon):
     assert len(kept) >= 100, failures
     resume_from = kept[49]["id"]
     got: list[int] = []
-    with EventStream(daemon.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(resume_from)}) as stream:
+    with EventStream(daemon, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(resume_from)}) as stream:
         last_n = -1
         while time.monotonic() < deadline and last_n != total - 1:  # until the last message published
             kind, event_id, data = stream.next_event()
@@ -163,7 +166,7 @@ def test_a_trimmed_history_is_announced_with_a_gap_event(daemon_factory):
     d = daemon_factory(channel_ring_size=3, ipc_rate_limit=0)
     channel = unique("resume-gap")
     ids = [publish(d, channel, n) for n in range(6)]  # the ring keeps ids[3:]
-    with EventStream(d.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[0])}) as stream:
+    with EventStream(d, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[0])}) as stream:
         kind, event_id, data = stream.next_event()
         assert (kind, event_id) == ("gap", None)  # no id: the client's last event id is unchanged
         assert data == {"channel": channel, "after": ids[0], "firstId": ids[3]}
@@ -172,11 +175,11 @@ def test_a_trimmed_history_is_announced_with_a_gap_event(daemon_factory):
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]
     ids.append(live_id)
     # The message last seen is still kept: no gap.
-    with EventStream(d.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[5])}) as stream:
+    with EventStream(d, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[5])}) as stream:
         assert kinds_and_ids([stream.next_event()]) == [("message", ids[6])]
     # Nothing kept at all (cleared): a gap naming no first id, then live.
     assert d.http("DELETE", f"/msg/{channel}")[0] == 200
-    with EventStream(d.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[6])}) as stream:
+    with EventStream(d, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(ids[6])}) as stream:
         assert stream.next_event() == ("gap", None, {"channel": channel, "after": ids[6], "firstId": None})
         live_id = publish(d, channel, 7)
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]
@@ -185,7 +188,7 @@ def test_a_trimmed_history_is_announced_with_a_gap_event(daemon_factory):
 def test_a_stream_that_fell_behind_gets_gap_events_then_resumes_without_loss(daemon_factory):
     d = daemon_factory(subscriber_queue_max=65536, ipc_rate_limit=0, channel_ring_size=5000)
     channel = unique("sse-behind")
-    with EventStream(d.port, f"/msg/{channel}/subscribe", rcvbuf=4096) as stream:
+    with EventStream(d, f"/msg/{channel}/subscribe", rcvbuf=4096) as stream:
         first = publish(d, channel, -1)
         assert kinds_and_ids([stream.next_event()]) == [("message", first)]  # subscribed and live
         publisher = d.client(transport="ipc")
@@ -212,7 +215,7 @@ def test_a_stream_that_fell_behind_gets_gap_events_then_resumes_without_loss(dae
     assert len(seen) + dropped == flood + 2
     # Resuming from the first gap's id replays everything after it: what was seen and what was not.
     after = gaps[0]["after"]
-    with EventStream(d.port, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(after)}) as resumed:
+    with EventStream(d, f"/msg/{channel}/subscribe", {"Last-Event-ID": str(after)}) as resumed:
         replayed = kinds_and_ids(resumed.events(len([i for i in seen if i > after]) + dropped))
     ids = [event_id for _, event_id in replayed]
     assert {kind for kind, _ in replayed} == {"message"} and ids == sorted(ids) and ids[-1] == marker
@@ -240,7 +243,7 @@ def test_a_pattern_stream_ignores_last_event_id_and_starts_live(daemon):
     prefix = unique("resume-pat")
     old = publish(daemon, f"{prefix}:a", 0)
     publish(daemon, f"{prefix}:b", 1)
-    with EventStream(daemon.port, f"/msg/{prefix}:*/subscribe", {"Last-Event-ID": str(old)}) as stream:
+    with EventStream(daemon, f"/msg/{prefix}:*/subscribe", {"Last-Event-ID": str(old)}) as stream:
         live_id = publish(daemon, f"{prefix}:a", 2)
         assert kinds_and_ids([stream.next_event()]) == [("message", live_id)]  # nothing replayed
 
@@ -299,8 +302,8 @@ class JoinCore:
 
 
 def stream_events(core: JoinCore, last_event_id: int) -> list[tuple[str, int | None]]:
-    client = testing.TestClient(create_app(Config(home="/nonexistent-pd-home"), core=core),  # type: ignore[arg-type]
-                                headers={"Host": "localhost:9876"})
+    home, headers = token_home()
+    client = testing.TestClient(create_app(Config(home=home), core=core), headers=headers)  # type: ignore[arg-type]
     resp = client.simulate_get("/msg/c/subscribe", headers={"Last-Event-ID": str(last_event_id)})
     assert resp.status_code == 200, resp.text
     out = []
@@ -330,10 +333,12 @@ def test_join_pages_and_a_trim_between_pages_is_a_gap_never_a_silent_hole(monkey
                       ("message", 8), ("message", 9)]
 
 
-def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+def raw_request(daemon, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, every byte after the headers) of one request on a closed-after connection."""
+    port = daemon.port
     with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+                     f"Authorization: Bearer {daemon.token}\r\n\r\n".encode())
         data = b""
         deadline = time.monotonic() + READ_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -349,8 +354,8 @@ def raw_request(port: int, method: str, path: str) -> tuple[int, dict[str, str],
 
 @pytest.mark.parametrize("path", ["/health", "/services"])
 def test_head_answers_like_get_without_a_body(daemon, path):
-    status, headers, body = raw_request(daemon.port, "HEAD", path)
-    get_status, get_headers, get_body = raw_request(daemon.port, "GET", path)
+    status, headers, body = raw_request(daemon, "HEAD", path)
+    get_status, get_headers, get_body = raw_request(daemon, "GET", path)
     assert (status, body) == (200, b"")
     assert get_status == 200 and get_body
     assert headers["content-type"] == get_headers["content-type"]
@@ -358,5 +363,5 @@ def test_head_answers_like_get_without_a_body(daemon, path):
 
 
 def test_head_on_the_event_stream_opens_no_stream(daemon):
-    status, headers, body = raw_request(daemon.port, "HEAD", f"/msg/{unique('resume-head')}/subscribe")
+    status, headers, body = raw_request(daemon, "HEAD", f"/msg/{unique('resume-head')}/subscribe")
     assert (status, headers["content-type"], body) == (200, "text/event-stream", b"")

@@ -34,11 +34,13 @@ from pdcore.ops.schema import (
     compile_validator,
     loads_json,
 )
+from pdcore.testing import token_home
 from workers import openapi, server
 from workers.app import create_app
 from workers.corelink import CoreClient
 
-LOCAL = {"Host": "localhost:9876", "Content-Type": "application/json"}
+APP_HOME, _HEADERS = token_home()
+LOCAL = {**_HEADERS, "Content-Type": "application/json"}  # a local caller presenting the home's token
 NUMBERS = Op("test.numbers", "test.numbers", "Numbers.", args=(
     Arg("count", "int"), Arg("limit", "int", min=1, max=100), Arg("ratio", "float"),
     Arg("share", "float", min=0.0, max=1.0), Arg("meta", "dict"), Arg("any", "any"),
@@ -139,7 +141,7 @@ def test_query_nan_for_a_dict_argument_is_refused():
 @pytest.fixture
 def client(tmp_path) -> testing.TestClient:
     link = CoreClient(tmp_path / "core.sock", connect_wait_ms=0)
-    return testing.TestClient(create_app(Config(home=tmp_path), core=link), headers=LOCAL)
+    return testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
 
 
 def _post(client: testing.TestClient, path: str, raw: bytes) -> testing.Result:
@@ -195,7 +197,7 @@ def test_unknown_body_keys_do_not_reach_the_core(tmp_path):
             seen.append(dict(args))
             return {}
 
-    client = testing.TestClient(create_app(Config(home=tmp_path), core=Core()), headers=LOCAL)
+    client = testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=Core()), headers=LOCAL)
     resp = client.simulate_post("/claim", json={"id": "app:api", "junk": 1, "agentId": "a1", "action": "x"})
     assert resp.status_code == 200
     assert seen == [{"id": "app:api", "agentId": "a1"}]

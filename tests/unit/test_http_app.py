@@ -20,6 +20,7 @@ from pdcore.config import Config
 from pdcore.errors import STATUS_BY_CODE, OpError
 from pdcore.ops import CATALOGUE
 from pdcore.ops.schema import Arg, Op, Route
+from pdcore.testing import token_home
 from workers import openapi, sse
 from workers.app import create_app
 from workers.corelink import CoreClient, reply_timeout
@@ -29,7 +30,7 @@ from workers.routes import OpResource, build_resources, router_template
 from workers.server import SOCKET_UMASK, gunicorn_settings, throttle_heartbeat
 from workers.slots import Slots
 
-LOCAL = {"Host": "localhost:9876"}
+APP_HOME, LOCAL = token_home()  # Host and the home's token: a local caller that may call
 
 
 class FakeStream:
@@ -107,7 +108,7 @@ def make_client(core: FakeCore, monkeypatch: pytest.MonkeyPatch | None = None, *
     if monkeypatch is not None:
         monkeypatch.setitem(CATALOGUE, ECHO_OP.name, ECHO_OP)
         monkeypatch.setitem(CATALOGUE, PARKING_OP.name, PARKING_OP)
-    config = Config(home="/nonexistent-pd-home", **settings)
+    config = Config(home=APP_HOME, **settings)
     return testing.TestClient(create_app(config, core=core), headers=LOCAL)
 
 
@@ -254,7 +255,7 @@ def test_every_error_code_maps_to_its_status(core: FakeCore, client: testing.Tes
 
 def test_core_down_is_503_saying_how_to_start_it(tmp_path):
     link = CoreClient(tmp_path / "core.sock", connect_wait_ms=0)
-    client = testing.TestClient(create_app(Config(home=tmp_path), core=link), headers=LOCAL)
+    client = testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
     resp = client.simulate_get("/health")
     assert resp.status_code == 503
     assert resp.json["code"] == "unavailable"
@@ -303,11 +304,12 @@ def test_a_foreign_host_header_over_tcp_is_403_bad_host(core: FakeCore, client: 
 
 
 def test_the_unix_socket_is_not_host_checked(core: FakeCore, client: testing.TestClient):
-    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # the peer is this process: the owner
     try:
         resp = client.simulate_get("/health", headers={"Host": "anything"}, extras={"gunicorn.socket": unix})
     finally:
         unix.close()
+        peer.close()
     assert resp.status_code == 200
 
 
@@ -557,4 +559,43 @@ def test_every_reply_names_the_home_it_serves(client: testing.TestClient):
 
     for path in ("/health", "/no/such/route"):
         resp = client.simulate_get(path, headers=LOCAL)
-        assert resp.headers.get(HOME_HEADER.lower()) == home_tag("/nonexistent-pd-home")
+        assert resp.headers.get(HOME_HEADER.lower()) == home_tag(APP_HOME)
+
+
+# -- who may call (docs/security.md) ----------------------------------------------------------------
+
+def test_tcp_without_the_token_is_refused_before_the_core_is_asked(core: FakeCore, client: testing.TestClient):
+    resp = client.simulate_get("/services", headers={"Authorization": ""}, extras={})
+    assert resp.status_code == 401 and resp.json["code"] == "unauthorized"
+    resp = testing.TestClient(create_app(Config(home=APP_HOME), core=core)).simulate_get(
+        "/services", headers={"Host": "localhost"})
+    assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+    assert str(APP_HOME / "auth.token") in resp.json["error"] and resp.json["field"] == "Authorization"
+    assert core.calls == []
+
+
+def test_a_unix_peer_of_another_uid_is_forbidden():
+    from pdcore.auth import TokenKeys
+    from workers.guard import OWN_UID, OWNER, admit
+
+    keys = TokenKeys(APP_HOME / "auth.token")
+    facts = {"over_unix": True, "authorization": None, "cookies": None, "method": "GET", "path": "/services",
+             "keys": keys, "cookie": "c"}
+    assert admit(peer_uid=OWN_UID, **facts) == OWNER
+    for stranger in (OWN_UID + 1, None):
+        with pytest.raises(OpError) as info:
+            admit(peer_uid=stranger, **facts)
+        assert info.value.code == "forbidden" and info.value.status == 403
+
+
+def test_ops_that_run_commands_are_refused_to_an_anonymous_caller_whatever_let_it_in(
+        core: FakeCore, client: testing.TestClient, monkeypatch: pytest.MonkeyPatch):
+    from workers import guard
+
+    monkeypatch.setattr(guard, "admit", lambda **facts: guard.ANONYMOUS)  # a door that lets anyone in
+    for name in ("spawn.create", "fleet.register", "webhook.register"):
+        route = CATALOGUE[name].routes[0]
+        resp = client.simulate_request(route.method, route.path, json={})
+        assert resp.status_code == 401 and resp.json["code"] == "unauthorized", name
+    assert core.calls == []
+    assert client.simulate_get("/services").status_code == 200  # the rest is the door's decision

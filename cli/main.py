@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from cli.common import options
+from cli.common import fail, options
 
 ALIASES = {"c": "claim", "r": "release", "f": "find", "ps": "find", "b": "begin", "w": "whoami", "n": "note",
            "u": "up", "d": "down", "sub": "watch"}
@@ -136,7 +136,12 @@ def help_command(ctx: click.Context, topic: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    cli(prog_name="pd")
+    from pdcore.config import ConfigError
+
+    try:
+        cli(prog_name="pd")
+    except ConfigError as exc:  # a setting read by one command (e.g. PORT_DADDY_DEV_PORT): one line
+        fail(str(exc))
 
 
 if __name__ == "__main__":

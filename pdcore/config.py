@@ -373,6 +373,15 @@ def _bad(where: str, name: str, raw: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{where}{name} is {raw!r}; it must be {allowed}")
 
 
+def setting_from_text(name: str, raw: str, var: str) -> Any:
+    """The value of setting `name` given as text in the environment variable `var`; a bad one
+    raises ConfigError naming the variable, the setting, the value and what is allowed."""
+    try:
+        return _convert(name, raw, from_text=True)
+    except ValueError as exc:
+        raise ConfigError(f"{var} is {raw!r} (setting {name}); it must be {exc}") from None
+
+
 def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Config:
     """Build the Config: defaults < config.yaml < environment < explicit overrides.
 
@@ -398,10 +407,7 @@ def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Conf
         raw = env.get(var)
         if not raw:  # unset, or set to nothing: the file's value or the default
             continue
-        try:
-            values[name] = _convert(name, raw, from_text=True)
-        except ValueError as exc:
-            raise ConfigError(f"{var} is {raw!r} (setting {name}); it must be {exc}") from None
+        values[name] = setting_from_text(name, raw, var)
         origin[name] = var
     for name, raw in overrides.items():
         if raw is None:

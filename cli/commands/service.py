@@ -14,7 +14,7 @@ import click
 
 from cli.common import fail, options, output, output_options
 from cli.daemonctl import start_daemon, stop_daemon
-from pdcore.config import load_config
+from pdcore.config import load_config, setting_from_text
 from pdcore.paths import supervisor_running
 
 DEV_PORT = 9877
@@ -75,7 +75,8 @@ def uninstall() -> None:
 
 def _dev_config():
     home = os.environ.get("PORT_DADDY_DEV_HOME") or str(Path(options().config.home).with_name(".port-daddy-dev"))
-    return load_config(home, tcp_port=int(os.environ.get("PORT_DADDY_DEV_PORT", DEV_PORT)))
+    raw = os.environ.get("PORT_DADDY_DEV_PORT")
+    return load_config(home, tcp_port=setting_from_text("tcp_port", raw, "PORT_DADDY_DEV_PORT") if raw else DEV_PORT)
 
 
 @click.group()

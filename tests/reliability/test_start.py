@@ -285,3 +285,15 @@ def _refused_everywhere(d: Daemon, env: dict, words: list[str]) -> None:
     assert doctor.returncode == 1 and line[len("pd: "):] in doctor.stdout
     assert "Traceback" not in doctor.stdout + doctor.stderr
     assert snapshot(d.home) == before and not (d.home / "state.db").exists()
+
+
+def test_a_bad_dev_port_is_one_line_naming_its_variable(tmp_path):
+    d = Daemon()
+    try:
+        r = d.pd("dev", "status", env={"PORT_DADDY_DEV_HOME": str(tmp_path / "dev"), "PORT_DADDY_DEV_PORT": "abc"})
+        assert r.returncode == 1, r
+        assert "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "PORT_DADDY_DEV_PORT" in lines[0] and "'abc'" in lines[0], r.stderr
+    finally:
+        d.stop()

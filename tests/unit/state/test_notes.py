@@ -8,6 +8,10 @@ from pdcore.crypto import MasterKeyError, load_or_create_key
 from pdcore.errors import OpError
 
 
+# Flips a note's first ciphertext byte (a constant byte would leave it unchanged once in 256 runs).
+FLIP_FIRST_BYTE = ("UPDATE notes SET ciphertext = CASE WHEN substr(ciphertext, 1, 1) = X'00' THEN X'01' "
+                   "ELSE X'00' END || substr(ciphertext, 2) WHERE id=?")
+
 def _session(h, agent="writer"):
     return h.state.sessions.start(h.ctx(), purpose="notes", agentId=agent, identity="proj:api")["sessionId"]
 
@@ -116,7 +120,7 @@ def test_verify_passes_on_an_untouched_chain_and_across_restart(harness):
 def test_verify_reports_a_tampered_ciphertext(harness):
     sid = _session(harness)
     ids = [harness.state.notes.add(harness.ctx(), id=sid, content=f"n{i}")["noteId"] for i in range(3)]
-    _tamper(harness, "UPDATE notes SET ciphertext = X'00' || substr(ciphertext, 2) WHERE id=?", (ids[1],))
+    _tamper(harness, FLIP_FIRST_BYTE, (ids[1],))
     out = harness.state.notes.verify(harness.ctx(), sessionId=sid)
     assert out["ok"] is False
     assert [(b["noteId"], b["reasons"]) for b in out["broken"]] == [(ids[1], ["hash_mismatch", "decrypt_failed"])]
@@ -188,7 +192,7 @@ def test_audit_reports_tampering_to_the_arbiter(harness):
 
     sid = _session(harness)
     ids = [harness.state.notes.add(harness.ctx(), id=sid, content=f"n{i}")["noteId"] for i in range(2)]
-    _tamper(harness, "UPDATE notes SET ciphertext = X'00' || substr(ciphertext, 2) WHERE id=?", (ids[0],))
+    _tamper(harness, FLIP_FIRST_BYTE, (ids[0],))
     rec = Recorder()
     harness.state.notes.arbiter_audit(harness.ctx(), rec)
     assert rec.integrity == [(ids[0], False), (ids[1], True)]

@@ -7,7 +7,6 @@ import pytest
 from pdcore.crypto import MasterKeyError, load_or_create_key
 from pdcore.errors import OpError
 
-
 # Flips a note's first ciphertext byte (a constant byte would leave it unchanged once in 256 runs).
 FLIP_FIRST_BYTE = ("UPDATE notes SET ciphertext = CASE WHEN substr(ciphertext, 1, 1) = X'00' THEN X'01' "
                    "ELSE X'00' END || substr(ciphertext, 2) WHERE id=?")

@@ -26,7 +26,7 @@ OPS = (
        reply={"name": "str", "owner": "str", "fence": "int", "acquiredAt": "int", "expiresAt": "int",
               "connectionBound": "bool", "renewed": "bool", "message": "str"},
        durable=True, parks=True, actor="owner",
-       errors=("lock_held", "lock_limit", "missing_field", "invalid_name", "invalid_argument"),
+       errors=("lock_held", "lock_limit", "invalid_name", "invalid_argument"),
        routes=(Route("POST", "/locks/{name}", v37=True),), cli=("lock", "with-lock")),
     Op("lock.extend", "locks.extend", "Push a held lock's expiry to now + ttl (fails once it has expired).",
        args=(
@@ -36,7 +36,7 @@ OPS = (
            Arg("fence", "int", min=0, doc="refuse unless the lock is still at this fence"),
        ),
        reply={"name": "str", "owner": "str", "fence": "int", "expiresAt": "int", "message": "str"},
-       durable=True, actor="owner", errors=("not_found", "expired", "not_owner", "missing_field"),
+       durable=True, actor="owner", errors=("not_found", "expired", "not_owner"),
        routes=(Route("PUT", "/locks/{name}", v37=True, codes37=_EXTEND_37),), cli=("lock", "with-lock")),
     Op("lock.release", "locks.release", "Release a lock; only its owner may, unless force.",
        args=(
@@ -46,7 +46,7 @@ OPS = (
            Arg("fence", "int", min=0, doc="refuse unless the lock is still at this fence"),
        ),
        reply={"released": "bool", "name": "str", "fence": "int", "message": "str"},
-       durable=True, actor="owner", errors=("not_owner", "missing_field"),
+       durable=True, actor="owner", errors=("not_owner",),
        routes=(Route("DELETE", "/locks/{name}", v37=True, codes37=_RELEASE_37),), cli=("unlock", "with-lock")),
     Op("lock.get", "locks.get", "Is a lock held, by whom, until when, at which fence?",
        args=(_NAME,),

@@ -160,8 +160,17 @@ def done(note_arg: str | None, note: str | None, abandon: bool, keep_agent: bool
     text = note_arg if note_arg is not None else note
     if text == "-":
         text = sys.stdin.read()
-    result = call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
-                  status="abandoned" if abandon else "completed", keepAgent=keep_agent or None)
+    try:
+        result = options().client().call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
+                                          status="abandoned" if abandon else "completed",
+                                          keepAgent=keep_agent or None)
+    except OpError as err:
+        if err.code == "not_found":  # nothing active any more: this terminal's context is stale either way
+            ctxmod.clear(options().config.home, agent_id, session_id)
+        if err.code != "unavailable":
+            fail(err.message)
+        result = call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
+                      status="abandoned" if abandon else "completed", keepAgent=keep_agent or None)
     ctxmod.clear(options().config.home, result.get("agentId") or agent_id, result.get("sessionId") or session_id)
     output(result, lambda r: f"session {r['sessionId'] or '-'} {r['sessionStatus'] or 'not found'}"
            + (f"; agent {r['agentId']} unregistered" if r["agentUnregistered"] else "")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+
+import pytest
 
 from pdcore.client import Client
+from pdcore.errors import OpError
 from tests.compat.conftest import sock_http
 
 
@@ -46,7 +50,6 @@ def test_put_on_an_unknown_or_expired_lock_is_lock_not_found(daemon, uid):
     assert status == 400 and body["code"] == "LOCK_NOT_FOUND" and body["reason"] == "not_found"
     name = f"short-{uid}"
     assert sock_http(daemon, "POST", f"/locks/{name}", {"owner": "me", "ttl": 1})[0] == 200
-    import time
     time.sleep(0.05)
     status, body = sock_http(daemon, "PUT", f"/locks/{name}", {"owner": "me"})
     assert status == 400 and body["code"] == "LOCK_NOT_FOUND" and body["reason"] == "expired"
@@ -66,13 +69,9 @@ def test_error_codes_are_3_7_words_with_ours_in_reason(daemon, uid):
     status, body = sock_http(daemon, "POST", "/tuples", {"tuple": "not a list"})
     assert status == 400 and body["code"] == body["reason"] == "invalid_argument"
     # our SDK over HTTP reads our word
-    with Client(daemon.config, transport="http") as sdk:
-        try:
-            sdk.call("session.get", id=f"none-{uid}")
-        except Exception as err:  # noqa: BLE001 - the assertion below names it
-            assert getattr(err, "code", None) == "not_found", err
-        else:
-            raise AssertionError("session.get of an unknown session succeeded")
+    with Client(daemon.config, transport="http") as sdk, pytest.raises(OpError) as err:
+        sdk.call("session.get", id=f"none-{uid}")
+    assert err.value.code == "not_found"
 
 
 def test_a_9000_character_purpose_is_accepted_and_a_bound_remains(daemon, uid):

@@ -105,3 +105,12 @@ def test_reap_routes_answer_the_pending_list(reaping, uid):
     for path in ("/salvage/reap", "/resurrection/reap"):
         status, body = sock_http(reaping, "POST", f"{path}?project={project}", {})
         assert status == 200 and [a["agentId"] for a in body["agents"]] == [f"dead-{uid}"]
+
+
+def test_pd_done_without_an_active_session_says_so_and_forgets_the_terminal_context(daemon, uid, tmp_path):
+    env = {"PORT_DADDY_AGENT": f"cli-{uid}"}
+    assert daemon.pd("begin", "short task", env=env, cwd=tmp_path).returncode == 0
+    first = daemon.pd("done", env=env, cwd=tmp_path)
+    assert first.returncode == 0 and "completed" in first.stdout, first.stderr
+    again = daemon.pd("done", "--agent", f"cli-{uid}", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "no active session" in again.stderr and again.stderr.count("\n") == 1

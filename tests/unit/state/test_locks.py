@@ -43,6 +43,7 @@ def test_the_holder_asking_again_is_refused_unless_it_renews(harness):
     with pytest.raises(OpError) as err:
         acquire(harness, owner="a", ttl=1000)  # not re-entrant (3.7)
     assert err.value.code == "lock_held" and err.value.extra["holder"] == "a"
+    assert err.value.extra["fence"] == first["fence"]
 
 
 def test_same_owner_renews_without_a_new_fence(harness):

@@ -9,7 +9,7 @@ ciphers and process tables.
 from __future__ import annotations
 
 CHANGELOG_TYPES = ("feature", "fix", "refactor", "docs", "chore", "breaking")
-NOTE_TYPES = ("progress", "decision", "blocker", "question", "handoff", "general", "commit")
+NOTE_TYPES = ("note", "progress", "decision", "blocker", "question", "handoff", "general", "commit")  # note: 3.7's default
 SALVAGE_STATUSES = ("pending", "claimed", "completed", "dismissed")
 SESSION_PHASES = ("planning", "in_progress", "testing", "reviewing", "completed", "abandoned")
 SESSION_END_STATUSES = ("completed", "abandoned")

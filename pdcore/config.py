@@ -52,6 +52,7 @@ class Config:
     http_workers: int = 2
     http_threads: int = 8
     http_max_body: int = 1024 * 1024
+    http_drain_max: int = 8 * 1024 * 1024  # a 413'd body up to this size is read and dropped, so keep-alive survives
     http_timeout_s: int = 120
     http_graceful_timeout_s: int = 10  # how long a stopping worker finishes in-flight requests
     http_keepalive_s: int = 5

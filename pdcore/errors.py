@@ -52,6 +52,22 @@ STATUS_BY_CODE: dict[str, int] = {
 }
 
 
+# The `code` a Port Daddy 3.7 client reads, for our codes 3.7 had a word for. Over HTTP, a
+# failure on a 3.7 route (`Route.v37`) carries it in `code` and ours in `reason`; a route may
+# name its own words beside these (`Route.codes37`, e.g. `not_found` -> `SESSION_NOT_FOUND`).
+CODES_37: dict[str, str] = {
+    "lock_held": "LOCK_HELD",
+    "invalid_identity": "IDENTITY_INVALID",
+    "missing_field": "VALIDATION_ERROR",
+    "invalid_argument": "VALIDATION_ERROR",
+    "invalid_name": "VALIDATION_ERROR",
+    "invalid_json": "VALIDATION_ERROR",
+    "invalid_pattern": "VALIDATION_ERROR",
+    "port_unavailable": "PORT_EXHAUSTED",
+    "session_active": "SESSION_ACTIVE",
+}
+
+
 class OpError(Exception):
     """A refusal with a stable machine code, a sentence for humans, and the field at fault."""
 
@@ -75,5 +91,7 @@ class OpError(Exception):
 
     @classmethod
     def from_dict(cls, body: dict) -> OpError:
-        extra = {k: v for k, v in body.items() if k not in ("code", "error", "field", "success")}
-        return cls(body.get("code", "internal"), body.get("error", "unknown error"), body.get("field"), **extra)
+        """From a reply body: over HTTP our word is in `reason` (`code` may be 3.7's), over IPC in `code`."""
+        extra = {k: v for k, v in body.items() if k not in ("code", "reason", "error", "field", "success")}
+        code = body.get("reason") or body.get("code") or "internal"
+        return cls(code, body.get("error", "unknown error"), body.get("field"), **extra)

@@ -40,9 +40,11 @@ _CODE_BY_FALCON_STATUS = {
 }
 
 
-def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
-    """The one JSON shape of every failure."""
-    body: dict[str, Any] = {"success": False, "error": message, "code": code, "field": field}
+def error_body(code: str, message: str, field: str | None = None, code37: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """The one JSON shape of every failure: `reason` is always our word; `code` is 3.7's on a 3.7 route."""
+    body: dict[str, Any] = {"success": False, "error": message, "code": code37 or code, "reason": code,
+                            "field": field}
     body.update({k: v for k, v in extra.items() if k not in body and k != "action"})
     return body
 
@@ -59,7 +61,8 @@ def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> Non
 
 
 def handle_op_error(req: falcon.Request, resp: falcon.Response, ex: OpError, params: dict) -> None:
-    _send_error(resp, ex.status, error_body(ex.code, ex.message, ex.field, **ex.extra))
+    code37, status37 = getattr(ex, "code37", None) or (None, None)
+    _send_error(resp, status37 or ex.status, error_body(ex.code, ex.message, ex.field, code37, **ex.extra))
 
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
@@ -167,7 +170,7 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
             core = ShmFirstCore(core, ShmFirst(config.shm_path))
     slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
 
-    gate = Gate(config.http_max_body, config.token_path, config.tcp_port, str(config.home))
+    gate = Gate(config.http_max_body, config.token_path, config.tcp_port, str(config.home), config.http_drain_max)
     app = falcon.App(middleware=[gate], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False

@@ -14,7 +14,10 @@
 - Origin check (cross-site writes): a request other than GET/HEAD/OPTIONS that carries an
   `Origin` header which is not a loopback origin is refused with 403 `bad_origin`, whatever
   the transport. Clients that are not browsers send no Origin and are not affected.
-- Size: a body over `http_max_body` bytes is refused with 413 `too_large` before it is read.
+- Size: a body over `http_max_body` bytes is refused with 413 `too_large` without being parsed.
+  Its bytes (up to `http_drain_max`) are read and dropped first: the server closes a keep-alive
+  connection whose unread body it cannot drain, and a pooled client would then write its next
+  request into a closed socket. Past `http_drain_max` the connection is closed after the 413.
 - Encoded slashes: names may contain `/`; a client sends it as `%2F` inside one path segment.
   The WSGI server decodes the path before routing, so the gate re-splits the raw URI and
   keeps such a slash escaped for the router; `unescape_param` restores it.
@@ -35,6 +38,7 @@ import socket
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import falcon
@@ -191,8 +195,10 @@ def unescape_param(value: str) -> str:
 class Gate:
     """Falcon middleware that applies the checks above before routing."""
 
-    def __init__(self, max_body: int, token_path: Path, tcp_port: int, home: str | None = None) -> None:
+    def __init__(self, max_body: int, token_path: Path, tcp_port: int, home: str | None = None,
+                 drain_max: int = 0) -> None:
         self.max_body = max_body
+        self.drain_max = drain_max
         self.home_tag = home_tag(home) if home is not None else None
         self.keys = TokenKeys(token_path)
         self.cookie = cookie_name(tcp_port)
@@ -241,12 +247,26 @@ class Gate:
                 "localhost may change state", "Origin")
         length = req.content_length
         if length is not None and length > self.max_body:
+            if length <= self.drain_max:
+                drain(req.stream, length)
             raise OpError(
                 "too_large",
                 f"request body is {length} bytes; the limit is {self.max_body} (http_max_body)", "body")
         raw = env.get("RAW_URI") or env.get("REQUEST_URI")
         if raw and "%2f" in raw.lower():
             req.path = _escaped_path(raw, req.path)
+
+
+DRAIN_CHUNK = 64 * 1024
+
+
+def drain(stream: Any, length: int) -> None:
+    """Read and drop `length` bytes of a request body (the input ends at Content-Length)."""
+    while length > 0:
+        chunk = stream.read(min(DRAIN_CHUNK, length))
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def _escaped_path(raw: str, fallback: str) -> str:

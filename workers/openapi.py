@@ -272,20 +272,38 @@ def _cell(text: str) -> str:
 
 def markdown_table(ops: Iterable[Op] | None = None) -> str:
     """The route table of docs/http-api.md, one row per method and path."""
+    ops = list(CATALOGUE.values() if ops is None else ops)
     spec = build_spec(ops)
+    routes = {(r.method.upper(), r.path): (op, r) for op in ops for r in op.routes}
     rows = []
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             status = next(iter(operation["responses"]))
             action = operation.get("x-pd-action", "")
+            found = routes.get((method.upper(), path))
+            codes = _codes_cell(*found) if found else ""
             rows.append((path, _METHOD_ORDER.get(method.upper(), 9), method.upper(), action, status,
-                         operation["summary"]))
+                         operation["summary"], codes))
     rows.sort()
-    lines = ["| Method | Path | Operation | Status | Summary |", "|---|---|---|---|---|"]
-    for path, _order, method, action, status, summary in rows:
+    lines = ["| Method | Path | Operation | Status | Summary | Errors: `reason` (3.7 `code`) |",
+             "|---|---|---|---|---|---|"]
+    for path, _order, method, action, status, summary, codes in rows:
         op_cell = f"`{action}`" if action else "(HTTP only)"
-        lines.append(f"| {method} | `{path}` | {op_cell} | {status} | {_cell(summary)} |")
+        lines.append(f"| {method} | `{path}` | {op_cell} | {status} | {_cell(summary)} | {codes} |")
     return "\n".join(lines) + "\n"
+
+
+def _codes_cell(op: Op, route: Route) -> str:
+    """The op's error words; on a 3.7 route each with the `code` a 3.7 client reads (and its status)."""
+    out = []
+    for ours in op.errors:
+        legacy = route.code37(ours)
+        if legacy is None:
+            out.append(f"`{ours}`")
+        else:
+            code, status = legacy
+            out.append(f"`{ours}` (`{code}`{f' {status}' if status else ''})")
+    return ", ".join(out) + (" · 3.7 route" if route.v37 else "")
 
 
 def docs_table_section(text: str) -> str | None:

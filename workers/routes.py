@@ -143,6 +143,9 @@ class Endpoint:
 
     def arguments(self, req: falcon.Request, params: dict[str, Any]) -> dict[str, Any]:
         args = query_args(self.op, req)
+        header_agent = req.env.get("HTTP_X_AGENT_ID")
+        if header_agent:  # 3.7 clients name the calling agent in a header
+            args.setdefault("agentId", header_agent)
         if self.has_body:
             body = read_json_object(req, self.max_body)
             if body:
@@ -174,6 +177,13 @@ class Endpoint:
         return True
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+        try:
+            self.serve(req, resp, params)
+        except OpError as ex:
+            ex.code37 = self.route.code37(ex.code)  # app.handle_op_error writes 3.7's code, ours in `reason`
+            raise
+
+    def serve(self, req: falcon.Request, resp: falcon.Response, params: dict[str, Any]) -> None:
         if self.runs_commands:
             refuse_unauthenticated(req.context.get("caller", ""), self.what)
         args = self.arguments(req, params)

@@ -55,7 +55,7 @@ def _held(r: dict) -> str:
 @click.option("--extend", is_flag=True, help="Extend a lock you hold by --ttl instead of acquiring it.")
 @output_options
 def lock(name: str, ttl: str | None, wait: str | None, owner: str | None, extend: bool) -> None:
-    """Acquire lock NAME (or renew it if you hold it). `-q` prints only the fence."""
+    """Acquire lock NAME (or renew it if you already hold it). `-q` prints only the fence."""
     who, agent = (owner, None) if owner else default_owner()
     # Always send a TTL: a CLI lock must outlive this process (0 means the daemon's default).
     ttl_ms = duration_ms(ttl) or 0
@@ -63,7 +63,8 @@ def lock(name: str, ttl: str | None, wait: str | None, owner: str | None, extend
         result = call("lock.extend", name=name, owner=who, ttl=ttl_ms)
         output(result, lambda r: f"{name}: extended until {when(r['expiresAt'])} (fence {r['fence']})", quiet=result["fence"])
         return
-    result = call("lock.acquire", name=name, owner=who, ttl=ttl_ms, wait=duration_ms(wait), agentId=agent)
+    result = call("lock.acquire", name=name, owner=who, ttl=ttl_ms, wait=duration_ms(wait), agentId=agent,
+                  renew=True)
     output(result, lambda r: f"{'renewed' if r['renewed'] else 'acquired'} {_held(r)}", quiet=result["fence"])
 
 

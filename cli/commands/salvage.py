@@ -73,7 +73,10 @@ def _stepped(result: dict, agent_id: str, verb: str) -> None:
 @output_options
 def salvage_complete(agent_id: str, claimed_by: str | None) -> None:
     """Mark the salvaged work of AGENT_ID done."""
-    _stepped(call("salvage.complete", agentId=agent_id, claimedBy=_me(claimed_by)), agent_id, "completed")
+    me = _me(claimed_by)
+    if not me:
+        fail('no agent in this terminal: run pd begin "..." first, or pass --as AGENT')
+    _stepped(call("salvage.complete", agentId=agent_id, claimedBy=me), agent_id, "completed")
 
 
 @salvage.command("abandon")
@@ -82,7 +85,11 @@ def salvage_complete(agent_id: str, claimed_by: str | None) -> None:
 @output_options
 def salvage_abandon(agent_id: str, claimed_by: str | None) -> None:
     """Give AGENT_ID's work back to the queue."""
-    _stepped(call("salvage.abandon", agentId=agent_id, claimedBy=_me(claimed_by)), agent_id, "abandoned")
+    result = call("salvage.abandon", agentId=agent_id, claimedBy=_me(claimed_by))
+    if not result["abandoned"]:
+        output(result, lambda r: f"no salvage of {agent_id} to abandon", quiet="none")
+        return
+    _stepped(result, agent_id, "abandoned")
 
 
 @salvage.command("dismiss")

@@ -121,16 +121,15 @@ def begin(purpose_arg: str | None, purpose: str | None, identity: str | None, fi
         lines = [f"began session {r['sessionId']} as agent {r['agentId']}: {r['purpose']}"]
         if r.get("identity"):
             lines.append(f"  identity: {r['identity']}")
-        claims = r.get("fileClaims") or {}
-        lines += _files_human(claims.get("claimed", []), claims.get("conflicts", []))
-        lines += _salvage_human(r.get("salvageHint"))
+        lines += _files_human(r.get("fileClaims") or [], r.get("fileConflicts") or [])
+        lines += _salvage_human(r.get("salvage"))
         lines.append(f"  (other shells: export {ctxmod.ENV_AGENT}={r['agentId']} {ctxmod.ENV_SESSION}={r['sessionId']})")
         return "\n".join(lines)
 
     output(result, human, quiet=result["sessionId"])
     hint = result.get("salvageHint")
     if hint and (options().json or options().quiet):
-        click.echo(f"pd: {hint['message']}", err=True)
+        click.echo(f"pd: {hint}", err=True)
 
 
 def _int(text: str, name: str) -> int:
@@ -161,12 +160,22 @@ def done(note_arg: str | None, note: str | None, abandon: bool, keep_agent: bool
     text = note_arg if note_arg is not None else note
     if text == "-":
         text = sys.stdin.read()
-    result = call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
-                  status="abandoned" if abandon else "completed", keepAgent=keep_agent or None)
+    try:
+        result = options().client().call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
+                                          status="abandoned" if abandon else "completed",
+                                          keepAgent=keep_agent or None)
+    except OpError as err:
+        if err.code == "not_found":  # nothing active any more: this terminal's context is stale either way
+            ctxmod.clear(options().config.home, agent_id, session_id)
+        if err.code != "unavailable":
+            fail(err.message)
+        result = call("sugar.done", agentId=agent_id, sessionId=session_id, note=text or None,
+                      status="abandoned" if abandon else "completed", keepAgent=keep_agent or None)
     ctxmod.clear(options().config.home, result.get("agentId") or agent_id, result.get("sessionId") or session_id)
     output(result, lambda r: f"session {r['sessionId'] or '-'} {r['sessionStatus'] or 'not found'}"
            + (f"; agent {r['agentId']} unregistered" if r["agentUnregistered"] else "")
-           + (f"; released {len(r['releasedFiles'])} file claim(s)" if r.get("releasedFiles") else ""),
+           + (f"; released {len(r['releasedFiles'])} file claim(s)" if r.get("releasedFiles") else "")
+           + (f"; released lock(s) {', '.join(r['releasedLocks'])}" if r.get("releasedLocks") else ""),
            quiet=result["sessionStatus"])
 
 
@@ -206,7 +215,7 @@ def whoami(agent: str | None, session: str | None) -> None:
 @click.command()
 @click.argument("text_arg", required=False, metavar="TEXT")
 @click.option("--content", "--text", "content", help="The note's text (same as the positional; '-' reads stdin).")
-@click.option("--type", "-t", "note_type", type=click.Choice(NOTE_TYPES), default="general", show_default=True)
+@click.option("--type", "-t", "note_type", type=click.Choice(NOTE_TYPES), default="note", show_default=True)
 @click.option("--session", help="Session id (default: this terminal's; else the agent's, else a new one).")
 @click.option("--agent", help="Agent id (default: this terminal's).")
 @output_options

@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 from mcp.server import Server
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
@@ -133,12 +134,15 @@ class PortDaddyMCP:
         self.link = link or DaemonLink(config)
         self.agent_id: str | None = None
         self.session_id: str | None = None
+        self.discovered: set[str] = set()  # categories pd_discover was asked for: listed from then on
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
     # -- listing --
     def listed(self) -> list[ToolSpec]:
-        return [t for t in self.tools.values() if self.full or t.essential]
+        """The essential tools, plus every tool of a category pd_discover was asked for (all with --full)."""
+        return [t for t in self.tools.values()
+                if self.full or t.essential or not self.discovered.isdisjoint(t.categories)]
 
     async def list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[
@@ -151,7 +155,11 @@ class PortDaddyMCP:
 
     # -- calling --
     async def call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        return await self.call(params.name, dict(params.arguments or {}))
+        before = len(self.discovered)
+        result = await self.call(params.name, dict(params.arguments or {}))
+        if len(self.discovered) != before:  # clients list again, so calling those tools logs no "not listed"
+            await ctx.session.send_tool_list_changed()
+        return result
 
     async def call(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
         """Run one tool; never raises for a refusal or a daemon that is down."""
@@ -170,6 +178,8 @@ class PortDaddyMCP:
                 text, structured = discover(self.tools, arguments.get("category"))
             except ValueError as exc:
                 return error_result(str(exc), "invalid_argument", "category")
+            if arguments.get("category"):
+                self.discovered.add(arguments["category"])
             return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
         try:
             if spec.local == "fleet_init":
@@ -273,7 +283,8 @@ async def serve(app: PortDaddyMCP) -> None:
     app.start_heartbeats()
     try:
         async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+            await server.run(read_stream, write_stream,
+                             server.create_initialization_options(NotificationOptions(tools_changed=True)))
     finally:
         app.close()
 

@@ -221,6 +221,9 @@ MAGIC: tuple[Magic | Composite, ...] = (
           "advisory file claims are for negotiation, locks are for safety. Without ttl the lock lasts "
           "as long as this MCP server's connection to the daemon.",
           fill=("owner",)),
+    Magic("release_lock", ("lock.release",),
+          "when your critical section is over; the owner defaults as in acquire_lock (your agent).",
+          fill=("owner",), essential=False),
     Magic("spawn_agent", ("spawn.start", "spawn.create", "spawn"),
           "to hand a task to a background AI agent that runs on its own."),
     Magic("fleet_status", ("fleet.list",), "to see the background agents, their fleets and their runs."),

@@ -4,7 +4,7 @@
 fire-and-forget: the core stamps the agent in memory and replies to nobody.
 """
 
-from pdcore.ops.schema import Arg, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, Arg, Op, Route, limit_arg
 
 _PID = Arg("pid", "int", min=1, max=2**31 - 1, doc="the agent's process: it is dead as soon as this process is gone")
 
@@ -17,14 +17,14 @@ OPS = (
            Arg("type", "str", max_len=64, doc="claude-code, codex, gemini, aider, human, ..."),
            _PID,
            Arg("identity", "identity", doc="project[:stack[:context]] the agent works on"),
-           Arg("purpose", "str", max_len=2000),
+           Arg("purpose", "str", max_len=PURPOSE_MAX),
            Arg("metadata", "dict", max_len=64),
            Arg("maxServices", "int", min=0, max=100_000),
            Arg("maxLocks", "int", min=0, max=100_000),
        ),
        reply={"agentId": "str", "registered": "bool", "created": "bool", "agent": "dict", "message": "str"},
        durable=True, errors=("invalid_name", "invalid_argument", "invalid_identity"),
-       routes=(Route("POST", "/agents"),), cli=("agent register",)),
+       routes=(Route("POST", "/agents", v37=True),), cli=("agent register",)),
     Op("heartbeat", "agents.heartbeat",
        "I am alive. Fire-and-forget over IPC; a heartbeat for an unknown id registers it.",
        args=(
@@ -32,18 +32,19 @@ OPS = (
            Arg("agentId", "name"),
            _PID,
        ),
-       reply={"agentId": "str", "lastHeartbeat": "int", "status": "str"},
+       reply={"agentId": "str", "lastHeartbeat": "int", "status": "str", "registered": "bool", "message": "str",
+              "salvageHint": "str"},
        fire_and_forget=True, actor="id", shared_write=True,
        errors=("missing_field", "invalid_name", "invalid_argument"),
-       routes=(Route("POST", "/agents/{id}/heartbeat"),), cli=("agent heartbeat",)),
+       routes=(Route("POST", "/agents/{id}/heartbeat", v37=True),), cli=("agent heartbeat",)),
     Op("agent.unregister", "agents.unregister", "Forget an agent that leaves cleanly (nothing goes to salvage).",
        args=(Arg("id", "name", required=True, where="path"),),
        reply={"agentId": "str", "unregistered": "bool"}, durable=True, errors=("not_found", "invalid_name"),
-       routes=(Route("DELETE", "/agents/{id}"),), cli=("agent unregister",)),
+       routes=(Route("DELETE", "/agents/{id}", v37=True),), cli=("agent unregister",)),
     Op("agent.get", "agents.get", "One agent, with its liveness (alive, stale, dead) and active session.",
        args=(Arg("id", "name", required=True, where="path"),),
        reply={"agent": "dict"}, errors=("not_found", "invalid_name"),
-       routes=(Route("GET", "/agents/{id}"),), cli=("agent get",)),
+       routes=(Route("GET", "/agents/{id}", v37=True),), cli=("agent get",)),
     Op("agent.list", "agents.list", "Registered agents with their liveness; active=true leaves out the dead.",
        args=(
            Arg("active", "bool", where="query"),
@@ -52,5 +53,5 @@ OPS = (
            limit_arg(1000, max=100_000),
        ),
        reply={"agents": "list", "count": "int"},
-       routes=(Route("GET", "/agents"),), cli=("agents", "agent list")),
+       routes=(Route("GET", "/agents", v37=True),), cli=("agents", "agent list")),
 )

@@ -15,5 +15,5 @@ OPS = (
               "locks": "list", "recentNotes": "list", "integration": "list", "changelog": "list",
               "harbors": "list", "activity": "list"},
        errors=("invalid_argument",),
-       routes=(Route("GET", "/briefing"),), cli=("briefing",)),
+       routes=(Route("GET", "/briefing", v37=True),), cli=("briefing",)),
 )

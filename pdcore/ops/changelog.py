@@ -17,7 +17,7 @@ OPS = (
        ),
        reply={"id": "int", "identity": "str", "ancestors": "list", "entry": "dict", "message": "str"},
        durable=True, errors=("missing_field", "invalid_identity", "invalid_argument", "not_found"),
-       routes=(Route("POST", "/changelog"),), cli=("changelog add",)),
+       routes=(Route("POST", "/changelog", v37=True),), cli=("changelog add",)),
     Op("changelog.list", "changelog.list",
        "Changelog entries, newest first; an identity also lists its children (myapp -> myapp:api:auth).",
        args=(
@@ -31,5 +31,5 @@ OPS = (
            limit_arg(50, max=1000),
        ),
        reply={"entries": "list", "count": "int", "nextBefore": "int"},
-       routes=(Route("GET", "/changelog"),), cli=("changelog list",)),
+       routes=(Route("GET", "/changelog", v37=True),), cli=("changelog list",)),
 )

@@ -10,7 +10,7 @@ from pdcore.choices import SPAWN_BACKENDS as BACKENDS
 from pdcore.choices import SPAWN_OUTCOMES as OUTCOMES
 from pdcore.choices import SPAWN_RUNNER_KINDS as RUNNER_KINDS
 from pdcore.choices import SPAWN_STATES as STATES
-from pdcore.ops.schema import Arg, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, Arg, Op, Route, limit_arg
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the spawned agent's id (or a run id)")
 _FLEET = Arg("name", "name", required=True, where="path", doc="the fleet's name (its project folder's name)")
@@ -26,7 +26,7 @@ OPS = (
            Arg("backend", "str", default="claude-cli", max_len=32, doc=_BACKEND_DOC),
            Arg("model", "str", max_len=200),
            Arg("identity", "identity", doc="project[:stack[:context]] the agent works on"),
-           Arg("purpose", "str", max_len=2000, doc="what it is for (default: the start of the task)"),
+           Arg("purpose", "str", max_len=PURPOSE_MAX, doc="what it is for (default: the start of the task)"),
            Arg("cwd", "str", max_len=4096, doc="absolute folder to run in"),
            Arg("workdir", "str", max_len=4096, doc="3.8 alias of cwd"),
            Arg("env", "dict", max_len=256, doc="extra environment variables"),
@@ -71,7 +71,7 @@ OPS = (
            Arg("model", "str", max_len=200),
            Arg("task", "text", max_len=64 * 1024),
            Arg("identity", "identity"),
-           Arg("purpose", "str", max_len=2000),
+           Arg("purpose", "str", max_len=PURPOSE_MAX),
            Arg("trigger", "str", max_len=400),
            Arg("outcome", "str", max_len=16, doc=", ".join(OUTCOMES)),
            Arg("exitCode", "int", min=-255, max=255),

@@ -12,11 +12,11 @@ OPS = (
     Op("integration.ready", "integration.ready",
        "Signal that a service is ready for others to integrate with (also published on pd:integration:<project>).",
        args=_SIGNAL_ARGS, reply=_SIGNAL_REPLY, durable=True, errors=("invalid_identity",),
-       routes=(Route("POST", "/integration/ready/{identity}"),), cli=("integration ready",)),
+       routes=(Route("POST", "/integration/ready/{identity}", v37=True),), cli=("integration ready",)),
     Op("integration.needs", "integration.needs",
        "Signal that a service needs something from another (also published on pd:integration:<project>).",
        args=_SIGNAL_ARGS, reply=_SIGNAL_REPLY, durable=True, errors=("invalid_identity",),
-       routes=(Route("POST", "/integration/needs/{identity}"),), cli=("integration needs",)),
+       routes=(Route("POST", "/integration/needs/{identity}", v37=True),), cli=("integration needs",)),
     Op("integration.list", "integration.list", "Integration signals, newest first, with each identity's latest.",
        args=(
            Arg("project", "str", max_len=64, where="query"),
@@ -25,5 +25,5 @@ OPS = (
            limit_arg(100, max=1000),
        ),
        reply={"signals": "list", "count": "int", "latest": "dict"},
-       routes=(Route("GET", "/integration"),), cli=("integration list",)),
+       routes=(Route("GET", "/integration", v37=True),), cli=("integration list",)),
 )

@@ -7,5 +7,5 @@ OPS = (
        "Projects the daemon knows of (first segment of service, session and agent identities), with counts.",
        args=(limit_arg(1000, max=100_000),),
        reply={"projects": "list", "count": "int"},
-       routes=(Route("GET", "/projects"),), cli=("projects",)),
+       routes=(Route("GET", "/projects", v37=True),), cli=("projects",)),
 )

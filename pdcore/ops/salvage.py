@@ -6,11 +6,12 @@ from pdcore.ops.schema import REQUEST_ID, Arg, Op, Route, limit_arg
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the dead agent")
 _SESSION = Arg("sessionId", "name", doc="pick one entry when the agent died more than once")
+_NEW_AGENT = Arg("newAgentId", "name", doc="3.7's name of claimedBy")
 _ENTRY = {"agentId": "str", "status": "str", "entry": "dict"}
 
 
 def _both(method: str, path: str) -> tuple[Route, Route]:
-    return Route(method, "/salvage" + path), Route(method, "/resurrection" + path)
+    return Route(method, "/salvage" + path, v37=True), Route(method, "/resurrection" + path, v37=True)
 
 
 OPS = (
@@ -22,33 +23,35 @@ OPS = (
            Arg("agentId", "name", where="query"),
            limit_arg(100, max=10_000),
        ),
-       reply={"entries": "list", "count": "int", "project": "str"},
+       reply={"agents": "list", "entries": "list", "count": "int", "project": "str"},
        routes=_both("GET", ""), cli=("salvage",)),
-    Op("salvage.pending", "salvage.pending", "Entries nobody has claimed yet.",
+    Op("salvage.pending", "salvage.pending",
+       "Entries nobody has claimed yet (3.7 also answered its reap routes with this list).",
        args=(Arg("project", "str", max_len=64, where="query"),
              limit_arg(100, max=10_000)),
-       reply={"entries": "list", "count": "int"},
-       routes=_both("GET", "/pending"), cli=("salvage",)),
+       reply={"agents": "list", "entries": "list", "count": "int"},
+       routes=(*_both("GET", "/pending"), *_both("POST", "/reap")), cli=("salvage",)),
     Op("salvage.claim", "salvage.claim",
        "Take over a dead agent's work: exactly one claimer wins; its session inherits the files.",
-       args=(_AGENT, Arg("claimedBy", "name", required=True, doc="the agent taking over the work"), _SESSION,
-             REQUEST_ID),
+       args=(_AGENT, Arg("claimedBy", "name", doc="the agent taking over the work (required, or newAgentId)"),
+             _SESSION, _NEW_AGENT, REQUEST_ID),
        reply={"agentId": "str", "claimedBy": "str", "sessionId": "str", "sessionCreated": "bool",
               "inheritedFiles": "list", "conflicts": "list", "entry": "dict", "repeated": "bool"},
        durable=True, actor="claimedBy", takes=True,
        errors=("not_found", "already_claimed", "missing_field", "conflict"),
        routes=_both("POST", "/claim/{agentId}"), cli=("salvage claim",)),
-    Op("salvage.complete", "salvage.complete", "The salvaged work is done.",
-       args=(_AGENT, Arg("claimedBy", "name"), _SESSION),
+    Op("salvage.complete", "salvage.complete", "The salvaged work is done (say who did it: newAgentId or claimedBy).",
+       args=(_AGENT, Arg("claimedBy", "name"), _SESSION, _NEW_AGENT),
        reply=_ENTRY, durable=True, actor="claimedBy", errors=("not_found", "invalid_state", "not_owner"),
        routes=_both("POST", "/complete/{agentId}"), cli=("salvage complete",)),
-    Op("salvage.abandon", "salvage.abandon", "Give salvaged work back to the queue (pending again).",
+    Op("salvage.abandon", "salvage.abandon",
+       "Give salvaged work back to the queue (pending again); an agent with no entry answers abandoned: false.",
        args=(_AGENT, Arg("claimedBy", "name"), _SESSION),
-       reply={**_ENTRY, "releasedFiles": "list"}, durable=True, actor="claimedBy",
-       errors=("not_found", "invalid_state", "not_owner"),
+       reply={**_ENTRY, "abandoned": "bool", "releasedFiles": "list"}, durable=True, actor="claimedBy",
+       errors=("invalid_state", "not_owner"),
        routes=_both("POST", "/abandon/{agentId}"), cli=("salvage abandon",)),
-    Op("salvage.dismiss", "salvage.dismiss", "Drop a dead agent's open entries from the queue.",
+    Op("salvage.dismiss", "salvage.dismiss", "Drop a dead agent's entries from the queue (none: dismissed 0).",
        args=(_AGENT, _SESSION),
-       reply={"agentId": "str", "dismissed": "int", "status": "str"}, durable=True, errors=("not_found",),
+       reply={"agentId": "str", "dismissed": "int", "status": "str"}, durable=True,
        routes=_both("DELETE", "/{agentId}"), cli=("salvage dismiss",)),
 )

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdcore.errors import OpError
+from pdcore.errors import CODES_37, OpError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._:/@*\-]{1,200}$")
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -34,6 +34,10 @@ INT_MAX = 2**63 - 1
 # recursion limit (~1000) is accepted by a parser once but breaks every reader of it later
 # (json in a thread, the daemon's own json.dumps), so it is refused as bad input.
 MAX_NESTING = 64
+
+# Purposes and other free texts: 3.7 accepted purposes of many KiB (a 9,000-character purpose
+# must work); still bounded, so one request cannot store an unbounded string.
+PURPOSE_MAX = 16_384
 
 ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bool", "dict", "list", "any")
 
@@ -121,12 +125,37 @@ REQUEST_ID = Arg("requestId", "str", min=1, max_len=REQUEST_ID_MAX,
 
 
 @dataclass(frozen=True)
+class Code37:
+    """On one 3.7 route: the `code` 3.7 answered for one of ours (and its status, when it differed)."""
+
+    ours: str
+    code: str
+    status: int | None = None
+
+
+@dataclass(frozen=True)
 class Route:
-    """An HTTP route reaching an operation. `path` uses Falcon's `{param}` templates."""
+    """An HTTP route reaching an operation. `path` uses Falcon's `{param}` templates.
+
+    `v37`: Port Daddy 3.7 had this route, so its failures carry 3.7's `code` (errors.CODES_37,
+    then `codes37`) and our own word in `reason` (SPEC.md conventions).
+    """
 
     method: str
     path: str
     status: int = 200
+    v37: bool = False
+    codes37: tuple[Code37, ...] = ()
+
+    def code37(self, ours: str) -> tuple[str, int | None] | None:
+        """3.7's (code, status or None) for our code on this route; None off 3.7 routes or without a word."""
+        if not self.v37:
+            return None
+        for entry in self.codes37:
+            if entry.ours == ours:
+                return entry.code, entry.status
+        code = CODES_37.get(ours)
+        return (code, None) if code is not None else None
 
 
 @dataclass(frozen=True)

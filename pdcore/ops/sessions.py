@@ -3,16 +3,17 @@
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
 from pdcore.choices import SESSION_PHASES as PHASES
 from pdcore.choices import SESSION_STATUSES as STATUSES
-from pdcore.ops.schema import Arg, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, Arg, Code37, Op, Route, limit_arg
 
 _ID = Arg("id", "name", required=True, where="path", doc="the session id")
+_NOT_FOUND_37 = (Code37("not_found", "SESSION_NOT_FOUND"),)
 _FILES_DOC = "a path or glob relative to the project, or a list of them (src/auth/*.ts, src/**)"
 
 OPS = (
     Op("session.start", "sessions.start",
        "Start a session (one active session per agent). Files are claimed in the same step.",
        args=(
-           Arg("purpose", "str", required=True, max_len=2000, doc="what the session is for"),
+           Arg("purpose", "str", required=True, max_len=PURPOSE_MAX, doc="what the session is for"),
            Arg("agentId", "name"),
            Arg("identity", "identity", doc="project[:stack[:context]]; its project scopes file claims and salvage"),
            Arg("files", "any", doc=_FILES_DOC),
@@ -21,10 +22,11 @@ OPS = (
            Arg("force", "bool", default=False, doc="replace (abandon) the agent's current active session"),
            Arg("strict", "bool", default=False, doc="refuse if a file is held by another session"),
        ),
-       reply={"sessionId": "str", "session": "dict", "conflicts": "list", "replaced": "str"},
+       reply={"id": "str", "purpose": "str", "status": "str", "sessionId": "str", "session": "dict",
+              "conflicts": "list", "replaced": "str"},
        durable=True, errors=("missing_field", "session_active", "file_conflict", "invalid_identity",
                              "invalid_argument"),
-       routes=(Route("POST", "/sessions"),), cli=("session start",)),
+       routes=(Route("POST", "/sessions", v37=True),), cli=("session start",)),
     Op("session.list", "sessions.list", "Sessions, newest first, by status, agent or project.",
        args=(
            Arg("status", "str", choices=STATUSES, where="query"),
@@ -33,16 +35,16 @@ OPS = (
            limit_arg(100, max=10_000),
        ),
        reply={"sessions": "list", "count": "int"},
-       routes=(Route("GET", "/sessions"),), cli=("sessions",)),
+       routes=(Route("GET", "/sessions", v37=True),), cli=("sessions",)),
     Op("session.get", "sessions.get", "One session with its files and its latest notes.",
        args=(_ID, Arg("notes", "int", default=50, min=0, max=1000, where="query", doc="how many recent notes")),
        reply={"session": "dict", "notes": "list", "files": "list"}, errors=("not_found",),
-       routes=(Route("GET", "/sessions/{id}"),), cli=("session get",)),
+       routes=(Route("GET", "/sessions/{id}", v37=True, codes37=_NOT_FOUND_37),), cli=("session get",)),
     Op("session.update", "sessions.update",
        "Change a session's purpose, phase, identity or metadata; a status of completed/abandoned ends it.",
        args=(
            _ID,
-           Arg("purpose", "str", max_len=2000),
+           Arg("purpose", "str", max_len=PURPOSE_MAX),
            Arg("phase", "str", choices=PHASES),
            Arg("status", "str", choices=STATUSES),
            Arg("identity", "identity"),
@@ -51,7 +53,7 @@ OPS = (
        ),
        reply={"sessionId": "str", "session": "dict", "releasedFiles": "list"}, durable=True,
        errors=("not_found", "session_ended", "invalid_argument", "too_large"),
-       routes=(Route("PUT", "/sessions/{id}"),), cli=("session update",)),
+       routes=(Route("PUT", "/sessions/{id}", v37=True, codes37=_NOT_FOUND_37),), cli=("session update",)),
     Op("session.end", "sessions.end", "End a session (completed by default); its notes stay, its claims go.",
        args=(
            _ID,
@@ -60,12 +62,12 @@ OPS = (
        ),
        reply={"sessionId": "str", "status": "str", "endedAt": "int", "releasedFiles": "list"}, durable=True,
        errors=("not_found", "session_ended", "too_large"),
-       routes=(Route("DELETE", "/sessions/{id}"),), cli=("session end",)),
+       routes=(Route("DELETE", "/sessions/{id}", v37=True, codes37=_NOT_FOUND_37),), cli=("session end",)),
     Op("session.phase", "sessions.set_phase", "Move a session to a phase.",
        args=(_ID, Arg("phase", "str", required=True, choices=PHASES)),
        reply={"sessionId": "str", "phase": "str", "previousPhase": "str"}, durable=True,
        errors=("not_found", "session_ended", "missing_field", "invalid_argument"),
-       routes=(Route("PUT", "/sessions/{id}/phase"),), cli=("session phase",)),
+       routes=(Route("PUT", "/sessions/{id}/phase", v37=True, codes37=_NOT_FOUND_37),), cli=("session phase",)),
     Op("session.claim_files", "sessions.claim_files",
        "Claim files (advisory): succeeds and returns who else holds them, unless strict.",
        args=(
@@ -76,12 +78,12 @@ OPS = (
        ),
        reply={"sessionId": "str", "claimed": "list", "conflicts": "list", "files": "list"}, durable=True,
        errors=("not_found", "session_ended", "file_conflict", "missing_field", "invalid_argument"),
-       routes=(Route("POST", "/sessions/{id}/files"),), cli=("session files claim",)),
+       routes=(Route("POST", "/sessions/{id}/files", v37=True, codes37=_NOT_FOUND_37),), cli=("session files claim",)),
     Op("session.release_files", "sessions.release_files", "Release file claims (all of them when files is absent).",
        args=(_ID, Arg("files", "any", doc=_FILES_DOC)),
        reply={"sessionId": "str", "released": "list", "files": "list"}, durable=True,
        errors=("not_found", "session_ended", "invalid_argument"),
-       routes=(Route("DELETE", "/sessions/{id}/files"),), cli=("session files release",)),
+       routes=(Route("DELETE", "/sessions/{id}/files", v37=True, codes37=_NOT_FOUND_37),), cli=("session files release",)),
     Op("files.list", "sessions.files_list", "Every live file claim, by session, agent or project.",
        args=(
            Arg("sessionId", "name", where="query"),
@@ -90,7 +92,7 @@ OPS = (
            limit_arg(1000, max=100_000),
        ),
        reply={"files": "list", "count": "int"}, errors=("not_found",),
-       routes=(Route("GET", "/files"),), cli=("session files list",)),
+       routes=(Route("GET", "/files", v37=True),), cli=("session files list",)),
     Op("files.who_owns", "sessions.who_owns", "Which active sessions hold claims covering a path.",
        args=(
            Arg("path", "str", required=True, max_len=1024, where="query"),
@@ -98,7 +100,7 @@ OPS = (
        ),
        reply={"path": "str", "owners": "list", "owned": "bool", "count": "int"},
        errors=("missing_field", "invalid_argument"),
-       routes=(Route("GET", "/files/who-owns"),), cli=("session files who-owns",)),
+       routes=(Route("GET", "/files/who-owns", v37=True),), cli=("session files who-owns",)),
     Op("files.check", "sessions.check_files",
        "Would touching these paths step on another session's claims? (the git guard asks this)",
        args=(
@@ -109,5 +111,5 @@ OPS = (
        ),
        reply={"conflicts": "list", "blocking": "list", "blocked": "bool", "checked": "int"},
        errors=("missing_field", "invalid_argument"),
-       routes=(Route("POST", "/files/check"),), cli=("guard check",)),
+       routes=(Route("POST", "/files/check", v37=True),), cli=("guard check",)),
 )

@@ -2,13 +2,13 @@
 
 from pdcore.choices import NOTE_TYPES
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
-from pdcore.ops.schema import Arg, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, Arg, Code37, Op, Route, limit_arg
 
 OPS = (
     Op("sugar.begin", "sugar.begin",
        "Register the agent, start its session and claim its files, atomically; says if there is salvage.",
        args=(
-           Arg("purpose", "str", required=True, max_len=2000),
+           Arg("purpose", "str", required=True, max_len=PURPOSE_MAX),
            Arg("identity", "identity", doc="project[:stack[:context]]"),
            Arg("agentId", "name", doc="made up when absent"),
            Arg("type", "str", max_len=64, doc="claude-code, codex, gemini, aider, human, ..."),
@@ -20,10 +20,11 @@ OPS = (
            Arg("metadata", "dict", max_len=64),
        ),
        reply={"agentId": "str", "sessionId": "str", "identity": "str", "purpose": "str", "agentRegistered": "bool",
-              "sessionStarted": "bool", "fileClaims": "dict", "salvageHint": "dict"},
+              "sessionStarted": "bool", "fileClaims": "list", "fileConflicts": "list", "salvageHint": "str",
+              "salvage": "dict"},
        durable=True, errors=("missing_field", "session_active", "file_conflict", "invalid_identity",
                              "invalid_argument"),
-       routes=(Route("POST", "/sugar/begin"),), cli=("begin",)),
+       routes=(Route("POST", "/sugar/begin", v37=True),), cli=("begin",)),
     Op("sugar.done", "sugar.done",
        "Write the closing note, end the session and unregister the agent, atomically.",
        args=(
@@ -34,14 +35,16 @@ OPS = (
            Arg("noteType", "str", default="handoff", choices=NOTE_TYPES),
            Arg("keepAgent", "bool", default=False, doc="end the session but keep the agent registered"),
        ),
-       reply={"agentId": "str", "sessionId": "str", "sessionStatus": "str", "agentUnregistered": "bool"},
+       reply={"agentId": "str", "sessionId": "str", "sessionStatus": "str", "agentUnregistered": "bool",
+              "notesCount": "int", "finalNote": "bool", "releasedFiles": "list", "releasedLocks": "list"},
        durable=True, errors=("missing_field", "not_found", "session_ended", "too_large"),
-       routes=(Route("POST", "/sugar/done"),), cli=("done",)),
+       routes=(Route("POST", "/sugar/done", v37=True, codes37=(Code37("not_found", "NO_ACTIVE_SESSION"),)),),
+       cli=("done",)),
     Op("sugar.whoami", "sugar.whoami", "Who am I: agent, session, purpose, identity, notes, files, duration.",
        args=(Arg("agentId", "name", where="query"), Arg("sessionId", "name", where="query")),
        reply={"active": "bool", "agentId": "str", "sessionId": "str", "purpose": "str", "identity": "str",
-              "noteCount": "int", "duration": "int"},
-       routes=(Route("GET", "/sugar/whoami"),), cli=("whoami",)),
+              "noteCount": "int", "duration": "int", "hint": "str"},
+       routes=(Route("GET", "/sugar/whoami", v37=True),), cli=("whoami",)),
     Op("sitrep", "sugar.sitrep",
        "Catch me up: active sessions, recent notes, dead agents, salvage, file conflicts, recent activity.",
        args=(

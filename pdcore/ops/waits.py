@@ -13,7 +13,7 @@ OPS = (
        ),
        reply={"id": "str", "port": "int", "service": "dict", "ready": "bool", "message": "str"},
        parks=True, errors=("timeout", "invalid_identity", "invalid_argument"),
-       routes=(Route("GET", "/wait/{id}"),), cli=("wait",)),
+       routes=(Route("GET", "/wait/{id}", v37=True),), cli=("wait",)),
     Op("service.wait_many", "waits.wait_many",
        "Wait until every listed service identity is claimed (one reply when the last one is).",
        args=(
@@ -23,5 +23,5 @@ OPS = (
        ),
        reply={"ids": "list", "services": "list", "ports": "dict", "ready": "bool", "count": "int"},
        parks=True, errors=("timeout", "missing_field", "invalid_identity", "invalid_argument"),
-       routes=(Route("POST", "/wait"),), cli=("wait",)),
+       routes=(Route("POST", "/wait", v37=True),), cli=("wait",)),
 )

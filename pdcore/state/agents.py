@@ -26,6 +26,7 @@ import psutil
 from pdcore.errors import OpError
 from pdcore.procs import pid_alive, process_start
 from pdcore.state.base import Ctx, Primitive
+from pdcore.state.sessions import project_of
 from pdcore.timers import Timer
 
 CHANNEL = "pd:agents"
@@ -234,9 +235,13 @@ class Agents(Primitive):
         if agent is None or agent.dead_at is not None or (pid is not None and pid != agent.pid):
             if not agent_id:
                 raise OpError("missing_field", "id (the agent id) is required", "id")
-            self.register(ctx, id=agent_id, pid=pid)
+            registered = self.register(ctx, id=agent_id, pid=pid)
             self._arm_flush(ctx.now)  # also gets the registration committed when nobody awaits a reply
-            return {"agentId": agent_id, "lastHeartbeat": ctx.now, "status": "alive", "registered": True}
+            # 3.7 answered a first heartbeat with its registration reply (registered, message, salvageHint)
+            agent = self.by_id[agent_id]
+            salvage = self.root.salvage.hint_for(project_of(agent.identity))
+            return {**registered, "lastHeartbeat": ctx.now, "status": "alive", "deadAgentsInProject":
+                    salvage["count"] if salvage else 0, "salvageHint": salvage["message"] if salvage else None}
         agent.last_heartbeat = ctx.now
         self.heartbeats += 1
         self._dirty.add(agent_id)

@@ -52,7 +52,9 @@ class Daemon(Primitive):
         return {"status": "ok", "version": __version__, "uptime": self._uptime(ctx), "pid": os.getpid()}
 
     def version(self, ctx: Ctx) -> dict:
-        return {"version": __version__, "codeHash": code_hash()}
+        """3.7's shape without its pid: a 3.7 CLI kills the pid it reads here when the code hash differs."""
+        return {"version": __version__, "codeHash": code_hash(), "startedAt": self.root.started_at,
+                "service": "port-daddy", "api": "semantic", "uptime": self._uptime(ctx) // 1000}
 
     def metrics(self, ctx: Ctx) -> dict:
         return {

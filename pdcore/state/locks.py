@@ -19,6 +19,7 @@ from pdcore.state.base import Ctx, Park, Primitive
 from pdcore.state.sequence import BlockSequence
 from pdcore.timers import Timer
 
+DEFAULT_OWNER = "anonymous"  # the owner of a lock taken with neither owner nor agentId (3.7 did not refuse)
 RECENTLY_EXPIRED_MAX = 1024  # names remembered so `extend` can say "expired" rather than "not found"
 
 
@@ -163,25 +164,23 @@ class Locks(Primitive):
                        expiresAt=lock.expires_at, fence=lock.fence)
 
     @staticmethod
-    def _owner(ctx: Ctx, owner: str | None, action: str) -> str:
-        owner = owner or ctx.agent_id
-        if not owner:
-            raise OpError("missing_field", f"owner is required to {action} a lock (a stable name for the holder)",
-                          "owner")
-        return owner
+    def _owner(ctx: Ctx, owner: str | None) -> str:
+        """The owner named, else the calling agent, else DEFAULT_OWNER (as 3.7)."""
+        return owner or ctx.agent_id or DEFAULT_OWNER
 
     # -- operations ------------------------------------------------------------------------
     def acquire(self, ctx: Ctx, name: str, owner: str | None = None, ttl: int | None = None,
-                wait: int | None = None, metadata: dict | None = None) -> dict | Park:
-        """Take the lock, or renew it when `owner` already holds it; park up to `wait` ms when held."""
-        owner = self._owner(ctx, owner, "acquire")
+                wait: int | None = None, metadata: dict | None = None, renew: bool = False) -> dict | Park:
+        """Take the lock; park up to `wait` ms when held. Not re-entrant: a holder asking again is
+        refused like anyone else (3.7), unless `renew`, which renews its lock in place."""
+        owner = self._owner(ctx, owner)
         if wait is not None and wait > self.config.lock_wait_max_ms:
             raise OpError("invalid_argument", f"wait must be <= {self.config.lock_wait_max_ms} ms", "wait")
         conn_id = ctx.conn.id if ctx.conn is not None and ttl is None else None
         expires_at = None if conn_id is not None else ctx.now + self._ttl(ttl)
         lock = self._live(name, ctx.now)
-        if lock is not None and lock.owner != owner:
-            if wait:
+        if lock is not None and (lock.owner != owner or not renew):
+            if wait and lock.owner != owner:
                 return Park(keys=(lock_key(name),), deadline=ctx.now + wait,
                             on_timeout=self._held_error(lock, wait))
             raise self._held_error(lock)
@@ -238,7 +237,7 @@ class Locks(Primitive):
     def extend(self, ctx: Ctx, name: str, owner: str | None = None, ttl: int | None = None,
                fence: int | None = None) -> dict:
         """Push the deadline of a held lock to now + ttl; refused once it has expired or changed hands."""
-        owner = self._owner(ctx, owner, "extend")
+        owner = self._owner(ctx, owner)
         lock = self._live(name, ctx.now)
         if lock is None:
             if self.recently_expired.get(name) == owner:
@@ -260,7 +259,7 @@ class Locks(Primitive):
         if lock is None:
             return {"released": False, "name": name, "message": f"lock {name} is not held"}
         if not force:
-            owner = self._owner(ctx, owner, "release")
+            owner = self._owner(ctx, owner)
             if lock.owner != owner or (fence is not None and fence != lock.fence):
                 self.root.arbiter.check_lock_release(ctx, name, owner, lock.owner)
                 raise OpError("not_owner",
@@ -295,8 +294,14 @@ class Locks(Primitive):
 
     def on_agent_dead(self, ctx: Ctx, agent_id: str, pid: int | None = None) -> None:
         """The reaper found `agent_id` dead: free every lock it owns or took."""
-        for lock in [lk for lk in self.locks.values() if lk.owner == agent_id or lk.agent_id == agent_id]:
-            self._drop(ctx, lock, "agent dead")
+        self.release_agent(ctx, agent_id, "agent dead")
+
+    def release_agent(self, ctx: Ctx, agent_id: str, reason: str) -> list[str]:
+        """Free every lock `agent_id` owns or took (its session ended, or it died); their names."""
+        gone = [lk for lk in self.locks.values() if lk.owner == agent_id or lk.agent_id == agent_id]
+        for lock in gone:
+            self._drop(ctx, lock, reason)
+        return [lk.name for lk in gone]
 
     def release_owner(self, ctx: Ctx, owner: str) -> list[str]:
         """Free every lock held by `owner`; returns their names (for other primitives)."""

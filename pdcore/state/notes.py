@@ -57,7 +57,7 @@ class Notes(Primitive):
         return {"notes_added": self.added}
 
     # -- appending -------------------------------------------------------------------------
-    def check_note(self, content: Any, type: str = "general", field: str = "content") -> None:
+    def check_note(self, content: Any, type: str = "note", field: str = "content") -> None:
         """Refuse a note before anything changes: empty, too large, or of an unknown type."""
         if not isinstance(content, str) or not content.strip():
             raise OpError("missing_field", f"{field} must be the text of the note", field)
@@ -68,7 +68,7 @@ class Notes(Primitive):
         if type not in NOTE_TYPES:
             raise OpError("invalid_argument", f"type must be one of: {', '.join(NOTE_TYPES)}", "type")
 
-    def apply_add(self, ctx: Ctx, session: Any, content: str, type: str = "general",
+    def apply_add(self, ctx: Ctx, session: Any, content: str, type: str = "note",
                   agent_id: str | None = None) -> dict:
         """Append a checked note to an active session. Must be the last step of an operation."""
         assert self.cipher is not None
@@ -143,12 +143,12 @@ class Notes(Primitive):
         return {"notes": notes, "count": len(notes)}
 
     # -- operations ------------------------------------------------------------------------
-    def add(self, ctx: Ctx, id: str, content: str, type: str = "general", agentId: str | None = None) -> dict:
+    def add(self, ctx: Ctx, id: str, content: str, type: str = "note", agentId: str | None = None) -> dict:
         session = self.root.sessions.require_active(id)
         self.check_note(content, type)
         return self.apply_add(ctx, session, content, type, agentId or ctx.agent_id)
 
-    def quick(self, ctx: Ctx, content: str, type: str = "general", sessionId: str | None = None,
+    def quick(self, ctx: Ctx, content: str, type: str = "note", sessionId: str | None = None,
               agentId: str | None = None) -> dict:
         """A note for the caller's active session; a session is started when there is none."""
         sessions = self.root.sessions

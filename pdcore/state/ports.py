@@ -194,7 +194,8 @@ class Ports(Primitive):
         if svc is not None:
             if pid is not None or cmd is not None or cwd is not None or expires is not None or metadata is not None:
                 self._update(ctx, svc, pid, cmd, cwd, expires, metadata, pair)
-            return {"port": svc.port, "id": id, "existing": True, "message": f"{id} already holds port {svc.port}"}
+            return {"port": svc.port, "id": id, "status": svc.status, "existing": True,
+                    "message": f"{id} already holds port {svc.port}"}
 
         lo, hi = (self.lo, self.hi) if range is None else self._parse_range(range)
         if port is not None:
@@ -223,7 +224,8 @@ class Ports(Primitive):
         if pid:
             self._arm_pid_check(ctx.now)
         self.root.activity.record(ctx, "service.claim", id, port=chosen)
-        return {"port": chosen, "id": id, "existing": False, "message": f"claimed port {chosen} for {id}"}
+        return {"port": chosen, "id": id, "status": "assigned", "existing": False,
+                "message": f"claimed port {chosen} for {id}"}
 
     def _update(self, ctx: Ctx, svc: Service, pid: int | None, cmd: str | None, cwd: str | None,
                 expires: int | None, metadata: dict | None, pair: str | None) -> None:

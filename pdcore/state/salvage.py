@@ -164,18 +164,19 @@ class Salvage(Primitive):
             rows = self.store.read(f"SELECT {_COLUMNS} FROM salvage{clause} ORDER BY id DESC LIMIT ?", [*params, limit])
             found = [self.open.get(r[0]) or SalvageEntry(r) for r in rows]
         entries = [self._view(e) for e in found[:limit]]
-        return {"entries": entries, "count": total, "project": project}
+        return {"agents": entries, "entries": entries, "count": total, "project": project}  # agents: 3.7's name
 
     def pending(self, ctx: Ctx, project: str | None = None, limit: int = 100) -> dict:
         return self.list(ctx, project=project, status="pending", limit=limit)
 
     def claim(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None,
-              requestId: str | None = None) -> dict:
+              newAgentId: str | None = None, requestId: str | None = None) -> dict:
         """Exactly one claimer wins; with `requestId`, a repeat of the winning claim gets its reply again."""
         # not ctx.agent_id: on these routes the payload's agentId names the dead agent
-        claimer = claimedBy
+        claimer = claimedBy or newAgentId  # newAgentId: 3.7's name of the claimer
         if not claimer:
-            raise OpError("missing_field", "claimedBy (the agent taking over the work) is required", "claimedBy")
+            raise OpError("missing_field", "claimedBy (or newAgentId: the agent taking over the work) is required",
+                          "claimedBy")
         asked = {"agentId": agentId, "claimedBy": claimer, "sessionId": sessionId}
         repeat = self.root.take_records.recall(requestId, "salvage.claim", asked)
         if repeat is not None:
@@ -225,8 +226,13 @@ class Salvage(Primitive):
                           "claimedBy", claimedBy=entry.claimed_by)
         return entry
 
-    def complete(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None) -> dict:
-        entry = self._claimed_entry(agentId, claimedBy, sessionId, "complete")
+    def complete(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None,
+                 newAgentId: str | None = None) -> dict:
+        """The claimer says the work is done; it must name itself (newAgentId, as 3.7, or claimedBy)."""
+        claimer = claimedBy or newAgentId
+        if not claimer:
+            raise OpError("missing_field", "newAgentId (the agent that carried the work on) is required", "newAgentId")
+        entry = self._claimed_entry(agentId, claimer, sessionId, "complete")
         entry.status = "completed"
         entry.ended_at = entry.updated_at = ctx.now
         self._save(entry)
@@ -235,6 +241,9 @@ class Salvage(Primitive):
         return {"agentId": agentId, "status": "completed", "entry": entry.to_dict()}
 
     def abandon(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None) -> dict:
+        """Give the work back; an agent with no entry at all is already in that state (idempotent, as 3.7)."""
+        if not self._entries_of(agentId, None, sessionId):
+            return {"agentId": agentId, "status": None, "abandoned": False, "releasedFiles": [], "entry": None}
         entry = self._claimed_entry(agentId, claimedBy, sessionId, "abandon")
         claimer, claimer_session = entry.claimed_by, entry.claimed_session
         released: list[str] = []
@@ -247,12 +256,11 @@ class Salvage(Primitive):
         self._save(entry)
         self.root.activity.record(ctx, "salvage.abandon", agentId, actor=claimer)
         self._event(ctx, "salvage.abandoned", entry)
-        return {"agentId": agentId, "status": "pending", "releasedFiles": released, "entry": entry.to_dict()}
+        return {"agentId": agentId, "status": "pending", "abandoned": True, "releasedFiles": released,
+                "entry": entry.to_dict()}
 
     def dismiss(self, ctx: Ctx, agentId: str, sessionId: str | None = None) -> dict:
-        found = self._entries_of(agentId, None, sessionId)
-        if not found:
-            self._require_open(agentId, sessionId)
+        found = self._entries_of(agentId, None, sessionId)  # none: nothing to drop (idempotent, as 3.7)
         for entry in found:
             entry.status = "dismissed"
             entry.ended_at = entry.updated_at = ctx.now

@@ -337,8 +337,9 @@ class Sessions(Primitive):
         session = self.apply_start(ctx, agent_id, identity, purpose, phase, metadata, replace)
         if paths:
             self.apply_claim(ctx, session, paths, None, strict)
-        return {"sessionId": session.id, "session": session.to_dict(), "conflicts": conflicts,
-                "replaced": replace.id if replace else None}
+        # `id`, `purpose` and `status` at the top are 3.7's shape; `sessionId` and `session` ours.
+        return {"id": session.id, "purpose": session.purpose, "status": session.status, "sessionId": session.id,
+                "session": session.to_dict(), "conflicts": conflicts, "replaced": replace.id if replace else None}
 
     def list(self, ctx: Ctx, status: str | None = None, agentId: str | None = None, project: str | None = None,
              limit: int = 100) -> dict:
@@ -395,7 +396,7 @@ class Sessions(Primitive):
                                         json.dumps(session.metadata) if session.metadata is not None else None,
                                         now, id))
         if note is not None:
-            self.root.notes.apply_add(ctx, session, note, "handoff" if status else "general")
+            self.root.notes.apply_add(ctx, session, note, "handoff" if status else "note")
         released: list[str] = []
         if status is not None:
             released = self.apply_end(ctx, session, status)

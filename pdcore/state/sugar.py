@@ -41,7 +41,8 @@ class Sugar(Primitive):
         # -- then change state (nothing below refuses) ----------------------------------------
         _, created = agents.apply_register(ctx, agent_id, pid, pid_start, name=name, type=type, identity=identity,
                                            purpose=text, metadata=metadata)
-        session = sessions.apply_start(ctx, agent_id, identity, text, metadata=metadata, replace=replace)
+        session = sessions.apply_start(ctx, agent_id, identity, text, phase="in_progress", metadata=metadata,
+                                       replace=replace)
         if paths:
             sessions.apply_claim(ctx, session, paths, None, strict)
         out: dict[str, Any] = {
@@ -54,11 +55,13 @@ class Sugar(Primitive):
             "sessionStarted": True,
             "replacedSessionId": replace.id if replace else None,
         }
-        if paths:
-            out["fileClaims"] = {"claimed": paths, "conflicts": conflicts}
-        hint = root.salvage.hint_for(project)
-        if hint is not None:
-            out["salvageHint"] = hint
+        if paths:  # 3.7 shapes: the claimed paths, conflicts apart
+            out["fileClaims"] = paths
+            out["fileConflicts"] = conflicts
+        salvage = root.salvage.hint_for(project)
+        if salvage is not None:  # 3.7: a sentence; the entries in `salvage`
+            out["salvageHint"] = salvage["message"]
+            out["salvage"] = salvage
         return out
 
     def done(self, ctx: Ctx, agentId: str | None = None, sessionId: str | None = None, note: str | None = None,
@@ -71,27 +74,26 @@ class Sugar(Primitive):
             agent_id = agent_id or session.agent_id
         else:
             session = sessions.active_for_agent(agent_id)
-        if session is None and (agent_id is None or agents.get_agent(agent_id) is None):
+        if session is None:
             if agent_id is None:
                 raise OpError("missing_field", "agentId or sessionId is required (or run pd begin first)", "agentId")
-            raise OpError("not_found", f"agent {agent_id} has no active session and is not registered", "agentId")
+            known = "is registered" if agents.get_agent(agent_id) is not None else "is not registered"
+            raise OpError("not_found", f"agent {agent_id} has no active session ({known}); pd begin starts one",
+                          "agentId")
         if note is not None:
-            if session is None:
-                raise OpError("not_found", f"agent {agent_id} has no active session to write the note to", "note")
             notes.check_note(note, noteType, "note")
         # -- everything checked ---------------------------------------------------------------
         note_id = None
         if note is not None:
             note_id = notes.apply_add(ctx, session, note, noteType, agent_id)["noteId"]
-        released: list[str] = []
-        if session is not None:
-            released = sessions.apply_end(ctx, session, status)
+        released = sessions.apply_end(ctx, session, status)
+        locks = root.locks.release_agent(ctx, agent_id, "session ended") if agent_id else []
         unregistered = False
         if agent_id and not keepAgent:
             unregistered = agents.apply_unregister(ctx, agent_id)
-        return {"agentId": agent_id, "sessionId": session.id if session else None,
-                "sessionStatus": status if session else None, "agentUnregistered": unregistered,
-                "noteId": note_id, "releasedFiles": released}
+        return {"agentId": agent_id, "sessionId": session.id, "sessionStatus": status,
+                "agentUnregistered": unregistered, "notesCount": session.note_count, "finalNote": note is not None,
+                "noteId": note_id, "releasedFiles": released, "releasedLocks": locks}
 
     def whoami(self, ctx: Ctx, agentId: str | None = None, sessionId: str | None = None) -> dict:
         root = self.root
@@ -105,7 +107,13 @@ class Sugar(Primitive):
             session = root.sessions.active_for_agent(agent_id)
         agent = root.agents.get_agent(agent_id) if agent_id else None
         active = session is not None and session.active
-        return {
+        out: dict[str, Any] = {}
+        if not agent_id:
+            out["hint"] = "No agent id given (agentId, or X-Agent-Id over HTTP). Use pd begin to start a session."
+        elif not active:
+            out["hint"] = (f"Agent {agent_id} has no active session. Use pd begin to start one." if agent else
+                           f"Agent {agent_id} is not registered. Use pd begin to start a session.")
+        return out | {
             "active": active,
             "agentId": agent_id,
             "agentRegistered": agent is not None,

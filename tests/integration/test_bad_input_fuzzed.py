@@ -19,7 +19,7 @@ def uid(prefix: str = "fz") -> str:
 def _assert_refused(status: int, body: dict, field: str, code: str = "invalid_argument") -> None:
     assert 400 <= status < 500, (status, body)
     assert body.get("success") is False, body
-    assert (body.get("code"), body.get("field")) == (code, field), body
+    assert (body.get("reason"), body.get("field")) == (code, field), body
     assert isinstance(body.get("error"), str) and body["error"]
 
 

@@ -75,7 +75,7 @@ def test_failures_have_one_json_shape_and_store_nothing(daemon):
     for method, path, body, want_status, code, field in cases:
         status, reply = daemon.http(method, path, body)
         assert status == want_status, (method, path, reply)
-        assert reply["success"] is False and reply["code"] == code, reply
+        assert reply["success"] is False and reply["reason"] == code, reply
         assert isinstance(reply["error"], str) and reply["error"]
         if field:
             assert reply["field"] == field, reply

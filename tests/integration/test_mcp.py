@@ -46,7 +46,7 @@ def test_default_lists_the_essential_tools_and_full_lists_every_tool(daemon):
     assert "port_get" not in default and "tuple_out" not in default
     assert default < set(full)
     assert {"port_get", "tuple_out", "tuple_read", "tuple_take", "tuple_scan", "tuple_count",
-            "lock_release"} <= set(full)
+            "release_lock"} <= set(full)
     claim = full["claim_port"]
     assert claim.input_schema["required"] == ["identity"]
     assert claim.input_schema["properties"]["port"] == {"type": "integer", "minimum": 1, "maximum": 65535,

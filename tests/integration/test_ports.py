@@ -47,7 +47,7 @@ def test_services_find_and_release_routes(daemon):
 
 def test_bad_identity_gets_400_naming_the_field(daemon):
     status, body = daemon.http("POST", "/claim", {"id": "no spaces allowed"})
-    assert status == 400 and body["field"] == "id" and body["code"] == "invalid_identity"
+    assert status == 400 and body["field"] == "id" and body["reason"] == "invalid_identity"
     status, body = daemon.http("POST", "/claim", {})
     assert status == 400 and body["field"] == "id"
     bad = daemon.pd("claim", "a:b:c:d:e")

@@ -206,8 +206,8 @@ def test_cli_salvage_and_the_begin_hint(quick_reaper, tmp_path):
     assert res.returncode == 1 and "claimed by" in res.stderr
     res = d.pd("salvage", "complete", dead, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    res = d.pd("salvage", "dismiss", dead, env=env, cwd=tmp_path)
-    assert res.returncode == 1 and "no salvage entry" in res.stderr
+    res = d.pd("salvage", "dismiss", dead, env=env, cwd=tmp_path)  # nothing open: idempotent, as 3.7
+    assert res.returncode == 0 and "dismissed 0 entries" in res.stdout, res.stderr
 
 
 def test_salvage_claim_with_no_agent_in_the_terminal_exits_1(quick_reaper, tmp_path):

@@ -333,8 +333,8 @@ BAD_INPUT = [
     ("POST", "/sugar/done", {"agentId": "nobody-here"}, 404, "not_found", "agentId"),
     ("POST", "/salvage/claim/nobody-here", {"claimedBy": "me"}, 404, "not_found", "agentId"),
     ("POST", "/salvage/claim/nobody-here", {}, 400, "missing_field", "claimedBy"),
-    ("POST", "/resurrection/complete/nobody-here", {}, 404, "not_found", "agentId"),
-    ("DELETE", "/salvage/nobody-here", None, 404, "not_found", "agentId"),
+    ("POST", "/resurrection/complete/nobody-here", {"newAgentId": "me"}, 404, "not_found", "agentId"),
+    ("POST", "/resurrection/complete/nobody-here", {}, 400, "missing_field", "newAgentId"),
     ("GET", "/salvage?status=bogus", None, 400, "invalid_argument", "status"),
 ]
 
@@ -351,7 +351,7 @@ def test_bad_input_gets_the_right_4xx_and_stores_nothing(daemon, method, path, b
 
     before = counts()
     got_status, got = daemon.http(method, path, body)
-    assert (got_status, got.get("code"), got.get("field")) == (status, code, field), got
+    assert (got_status, got.get("reason"), got.get("field")) == (status, code, field), got
     assert got["success"] is False and got["error"]
     assert counts() == before
 

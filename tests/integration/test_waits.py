@@ -82,7 +82,7 @@ def test_sdk_and_cli_wait(daemon):
 
 def test_bad_wait_input_is_400(daemon):
     status, body = daemon.http("GET", "/wait/bad%20id")
-    assert status == 400 and body["code"] == "invalid_identity"
+    assert status == 400 and body["reason"] == "invalid_identity"
     status, body = daemon.http("POST", "/wait", {"ids": []})
     assert status == 400 and body["field"] == "ids"
     status, body = daemon.http("GET", f"/wait/{uid()}:x?timeout=999999999")

@@ -153,14 +153,14 @@ def _post(client: testing.TestClient, path: str, raw: bytes) -> testing.Result:
 def test_nan_and_infinity_in_a_body_are_400_invalid_json(client: testing.TestClient, raw: bytes):
     resp = _post(client, "/claim", raw)
     assert resp.status_code == 400, resp.text
-    assert (resp.json["code"], resp.json["field"], resp.json["success"]) == ("invalid_json", "body", False)
+    assert (resp.json["reason"], resp.json["field"], resp.json["success"]) == ("invalid_json", "body", False)
 
 
 def test_a_body_nested_too_deeply_is_400_invalid_json(client: testing.TestClient):
     raw = b'{"id": "app:api", "metadata": {"a": ' + b"[" * 3000 + b"]" * 3000 + b"}}"
     resp = _post(client, "/claim", raw)
     assert resp.status_code == 400, resp.text
-    assert (resp.json["code"], resp.json["field"]) == ("invalid_json", "body")
+    assert (resp.json["reason"], resp.json["field"]) == ("invalid_json", "body")
 
 
 @pytest.mark.parametrize("raw,field", [
@@ -172,13 +172,13 @@ def test_a_body_nested_too_deeply_is_400_invalid_json(client: testing.TestClient
 def test_a_value_a_frame_cannot_carry_is_400_naming_the_field(client: testing.TestClient, raw: bytes, field: str):
     resp = _post(client, "/claim", raw)
     assert resp.status_code == 400, resp.text
-    assert (resp.json["code"], resp.json["field"]) == ("invalid_argument", field)
+    assert (resp.json["reason"], resp.json["field"]) == ("invalid_argument", field)
 
 
 def test_a_huge_integer_in_the_query_is_400_naming_the_field(client: testing.TestClient):
     resp = client.simulate_get("/services", query_string="limit=3637924850606175055511552")
     assert resp.status_code == 400, resp.text
-    assert (resp.json["code"], resp.json["field"]) == ("invalid_argument", "limit")
+    assert (resp.json["reason"], resp.json["field"]) == ("invalid_argument", "limit")
 
 
 def test_unknown_body_keys_are_ignored_even_when_a_frame_could_not_carry_them(client: testing.TestClient):
@@ -217,7 +217,7 @@ def test_gunicorn_refusals_are_json_error_bodies(status: int, code: str, field: 
     assert "Content-Type: application/json" in headers
     assert f"Content-Length: {len(body)}" in headers
     parsed = json.loads(body)
-    assert parsed == {"success": False, "error": parsed["error"], "code": code, "field": field}
+    assert parsed == {"success": False, "error": parsed["error"], "code": code, "reason": code, "field": field}
 
 
 def test_the_http_server_makes_gunicorn_write_json_errors(monkeypatch):

@@ -179,7 +179,7 @@ def test_agent_id_in_the_query_is_passed_to_the_core(core: FakeCore, client: tes
 def test_query_text_of_the_wrong_type_is_refused_naming_the_field(core: FakeCore, client: testing.TestClient):
     resp = client.simulate_get("/services", params={"port": "abc"})
     assert resp.status_code == 400
-    assert resp.json["code"] == "invalid_argument" and resp.json["field"] == "port"
+    assert resp.json["reason"] == "invalid_argument" and resp.json["field"] == "port"
     assert "port" in resp.json["error"]
     assert core.calls == []
 
@@ -226,7 +226,7 @@ def test_a_body_that_is_not_a_json_object_is_400_invalid_json(core: FakeCore, cl
                                                               body: Any, phrase: str):
     resp = client.simulate_post("/claim", body=body, headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
-    assert resp.json["code"] == "invalid_json" and resp.json["field"] == "body"
+    assert resp.json["reason"] == "invalid_json" and resp.json["field"] == "body"
     assert phrase in resp.json["error"]
     assert core.calls == []
 
@@ -242,7 +242,7 @@ def test_core_refusals_keep_their_code_status_field_and_details(core: FakeCore, 
     resp = client.simulate_post("/claim", json={"id": "a:b", "port": 3100})
     assert resp.status_code == 409
     assert resp.json == {"success": False, "error": "port 3100 is held by x:y; pick another",
-                         "code": "claim_taken", "field": "port", "holder": "x:y"}
+                         "code": "claim_taken", "reason": "claim_taken", "field": "port", "holder": "x:y"}
 
 
 @pytest.mark.parametrize("code", sorted(STATUS_BY_CODE))
@@ -250,7 +250,7 @@ def test_every_error_code_maps_to_its_status(core: FakeCore, client: testing.Tes
     core.results["daemon.health"] = OpError(code, f"{code} happened")
     resp = client.simulate_get("/health")
     assert resp.status_code == STATUS_BY_CODE[code]
-    assert resp.json["code"] == code and resp.json["success"] is False
+    assert resp.json["reason"] == code and resp.json["success"] is False
 
 
 def test_core_down_is_503_saying_how_to_start_it(tmp_path):
@@ -258,7 +258,7 @@ def test_core_down_is_503_saying_how_to_start_it(tmp_path):
     client = testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
     resp = client.simulate_get("/health")
     assert resp.status_code == 503
-    assert resp.json["code"] == "unavailable"
+    assert resp.json["reason"] == "unavailable"
     assert "pd start" in resp.json["error"]
     assert resp.headers["retry-after"] == "1"
 
@@ -268,17 +268,17 @@ def test_an_unexpected_exception_is_500_internal_and_logged(core: FakeCore, clie
     with caplog.at_level("ERROR", logger="pd.http"):
         resp = client.simulate_get("/health")
     assert resp.status_code == 500
-    assert resp.json["code"] == "internal" and "KeyError" in resp.json["error"]
+    assert resp.json["reason"] == "internal" and "KeyError" in resp.json["error"]
     assert "event=internal_error" in caplog.text
     assert client.simulate_get("/version").status_code == 200  # the app keeps serving
 
 
 def test_unknown_route_and_wrong_method_are_json_errors(client: testing.TestClient):
     resp = client.simulate_get("/no/such/route")
-    assert resp.status_code == 404 and resp.json["code"] == "not_found"
+    assert resp.status_code == 404 and resp.json["reason"] == "not_found"
     assert "/openapi.json" in resp.json["error"]
     resp = client.simulate_request("PATCH", "/claim")
-    assert resp.status_code == 405 and resp.json["code"] == "method_not_allowed"
+    assert resp.status_code == 405 and resp.json["reason"] == "method_not_allowed"
     assert "POST" in resp.headers["allow"]
 
 
@@ -299,7 +299,7 @@ def test_other_hosts_are_refused(host: str):
 def test_a_foreign_host_header_over_tcp_is_403_bad_host(core: FakeCore, client: testing.TestClient):
     resp = client.simulate_get("/health", headers={"Host": "rebind.evil.example"}, remote_addr="127.0.0.1")
     assert resp.status_code == 403
-    assert resp.json["code"] == "bad_host" and resp.json["field"] == "Host"
+    assert resp.json["reason"] == "bad_host" and resp.json["field"] == "Host"
     assert core.calls == []
 
 
@@ -323,7 +323,7 @@ def test_origin_rule(origin: str, allowed: bool):
 
 def test_a_cross_origin_write_is_403_bad_origin_and_reads_pass(core: FakeCore, client: testing.TestClient):
     resp = client.simulate_post("/claim", json={"id": "a:b"}, headers={"Origin": "http://evil.example"})
-    assert resp.status_code == 403 and resp.json["code"] == "bad_origin" and resp.json["field"] == "Origin"
+    assert resp.status_code == 403 and resp.json["reason"] == "bad_origin" and resp.json["field"] == "Origin"
     assert core.calls == []
     assert client.simulate_get("/health", headers={"Origin": "http://evil.example"}).status_code == 200
     ok = client.simulate_post("/claim", json={"id": "a:b"}, headers={"Origin": "http://localhost:9876"})
@@ -334,7 +334,7 @@ def test_a_body_over_the_limit_is_413_before_the_core_is_asked(core: FakeCore, m
     client = make_client(core, monkeypatch, http_max_body=100)
     resp = client.simulate_post("/claim", body=json.dumps({"id": "a:b", "cmd": "x" * 200}))
     assert resp.status_code == 413
-    assert resp.json["code"] == "too_large" and "100" in resp.json["error"]
+    assert resp.json["reason"] == "too_large" and "100" in resp.json["error"]
     assert core.calls == []
     assert client.simulate_post("/claim", json={"id": "a:b"}).status_code == 200
 

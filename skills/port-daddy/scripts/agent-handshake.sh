@@ -42,9 +42,8 @@ ids=$(printf '%s' "$begun" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 print(d["agentId"], d["sessionId"])
-hint = d.get("salvageHint") or {}
-if hint.get("count"):
-    print("salvage: %s" % hint.get("message"), file=sys.stderr)
+if d.get("salvageHint"):
+    print("salvage: %s" % d["salvageHint"], file=sys.stderr)
 ') || die "could not read pd begin --json"
 set -- $ids
 agent=$1

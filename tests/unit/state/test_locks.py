@@ -38,10 +38,18 @@ def test_fence_strictly_increases_each_time_the_lock_changes_hands(harness):
     assert fences == sorted(set(fences))
 
 
+def test_the_holder_asking_again_is_refused_unless_it_renews(harness):
+    first = acquire(harness, owner="a", ttl=1000)
+    with pytest.raises(OpError) as err:
+        acquire(harness, owner="a", ttl=1000)  # not re-entrant (3.7)
+    assert err.value.code == "lock_held" and err.value.extra["holder"] == "a"
+    assert err.value.extra["fence"] == first["fence"]
+
+
 def test_same_owner_renews_without_a_new_fence(harness):
     first = acquire(harness, owner="a", ttl=1000)
     harness.advance(500)
-    again = acquire(harness, owner="a", ttl=1000)
+    again = acquire(harness, owner="a", ttl=1000, renew=True)
     assert again["fence"] == first["fence"] and again["renewed"] is True
     assert again["expiresAt"] == harness.clock.now + 1000
 
@@ -95,8 +103,14 @@ def test_only_owner_releases_unless_force(harness):
 def test_release_without_owner_is_refused_unless_force(harness):
     acquire(harness, owner="a")
     with pytest.raises(OpError) as err:
-        harness.state.locks.release(harness.ctx(), name="res")
-    assert err.value.code == "missing_field"
+        harness.state.locks.release(harness.ctx(), name="res")  # the default owner is not the holder
+    assert err.value.code == "not_owner"
+
+
+def test_without_owner_or_agent_the_default_owner_takes_and_releases(harness):
+    taken = harness.state.locks.acquire(harness.ctx(), name="anon")
+    assert taken["owner"] == "anonymous"
+    assert harness.state.locks.release(harness.ctx(), name="anon")["released"] is True
 
 
 def test_release_of_free_lock_says_not_released(harness):
@@ -235,7 +249,7 @@ def test_agent_with_max_locks_cannot_hold_more(harness):
     ctx = harness.ctx(agent_id="greedy")
     harness.state.locks.acquire(ctx, name="l1")
     harness.state.locks.acquire(ctx, name="l2")
-    assert harness.state.locks.acquire(ctx, name="l2")["renewed"] is True  # renewing is not a new lock
+    assert harness.state.locks.acquire(ctx, name="l2", renew=True)["renewed"] is True  # renewing is not a new lock
     with pytest.raises(OpError) as err:
         harness.state.locks.acquire(ctx, name="l3")
     assert err.value.code == "lock_limit" and err.value.status == 429

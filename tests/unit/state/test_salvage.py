@@ -70,6 +70,9 @@ def test_complete_needs_the_claimer(harness):
     _doomed(harness)
     with pytest.raises(OpError) as exc:
         harness.state.salvage.complete(harness.ctx(), agentId="dead-1")
+    assert (exc.value.code, exc.value.field) == ("missing_field", "newAgentId")
+    with pytest.raises(OpError) as exc:
+        harness.state.salvage.complete(harness.ctx(), agentId="dead-1", newAgentId="r1")
     assert exc.value.code == "invalid_state"
     harness.state.salvage.claim(harness.ctx(), agentId="dead-1", claimedBy="r1")
     with pytest.raises(OpError) as exc:

@@ -16,7 +16,7 @@ def test_begin_registers_starts_and_claims_in_one_step(harness):
                                     files=["src/auth/*.ts"], pid=os.getpid())
     assert out["agentRegistered"] and out["sessionStarted"]
     assert out["agentId"].startswith("agent-") and out["sessionId"].startswith("session-")
-    assert out["fileClaims"] == {"claimed": ["src/auth/*.ts"], "conflicts": []}
+    assert out["fileClaims"] == ["src/auth/*.ts"] and out["fileConflicts"] == []
     assert "salvageHint" not in out
     agent = harness.state.agents.get(harness.ctx(), id=out["agentId"])["agent"]
     assert agent["pid"] == os.getpid() and agent["sessionId"] == out["sessionId"]
@@ -59,7 +59,8 @@ def test_begin_hints_at_salvage_of_the_same_project(harness):
     dead = harness.state.sugar.begin(harness.ctx(), purpose="orphan", identity="shop:api", agentId="d")
     harness.state.agents.mark_dead(harness.ctx(), harness.state.agents.by_id["d"], "test")
     out = harness.state.sugar.begin(harness.ctx(), purpose="new work", identity="shop:web", agentId="n")
-    hint = out["salvageHint"]
+    assert isinstance(out["salvageHint"], str) and "shop" in out["salvageHint"]
+    hint = out["salvage"]
     assert hint["count"] == 1 and hint["entries"][0]["sessionId"] == dead["sessionId"]
     other = harness.state.sugar.begin(harness.ctx(), purpose="elsewhere", identity="blog", agentId="o")
     assert "salvageHint" not in other

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -367,6 +368,15 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{text[:40]} is too large for a JSON number")
     return value
+
+
+# The C JSON decoder counts each level of nesting against the interpreter's recursion limit, on
+# top of the caller's own stack; with the default 1,000 a body of ~950 levels parsed or not
+# depending on how deep the front door's call stack happened to be. Room for 3,000 levels makes
+# bodies within MAX_NESTING reach the validator (which names the field) whatever the caller;
+# far deeper ones still fail to parse and are refused as invalid JSON.
+if sys.getrecursionlimit() < 3000:
+    sys.setrecursionlimit(3000)
 
 
 def loads_json(text: str | bytes) -> Any:

@@ -3,7 +3,9 @@
 Both sit on one `call(action, **args)`; every catalogue operation also has a method of its own
 (`port.claim` -> `client.port_claim(id=...)`), generated from the catalogue so the SDK can never
 name an operation the daemon lacks. Transport: the binary IPC socket (`daemon.ipc`) when it
-exists, else HTTP over `daemon.sock`, else HTTP over TCP. Operations that may be sent
+exists, else HTTP over `daemon.sock`, else HTTP over TCP. When the IPC connection cannot be
+made or the daemon turns it away (its connection caps), the call goes over HTTP instead, and
+an error says what happened to both only when HTTP fails too. Operations that may be sent
 fire-and-forget (heartbeat, publish, pheromone spray) are sent that way over IPC by their
 generated methods unless `_reply=True` is given.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import select
 import socket
 import time
 import urllib.parse
@@ -30,7 +33,39 @@ if TYPE_CHECKING:
     import http.client
 
 DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
+LOST_MESSAGE = ("the connection to the daemon was lost before it answered; "
+                "the operation may or may not have been applied")
+# Codes of the REFUSE (conv_id 0) with which the daemon turns a new IPC connection away before
+# reading anything from it (docs/protocol.md, connection rules).
+CONNECTION_REFUSALS = frozenset({"too_many_connections", "forbidden"})
+IPC_REFUSED_HTTP_S = 5.0  # after a refusal, a client uses HTTP this long before it tries IPC again
 _conv_ids = itertools.count(1)
+
+
+class IpcUnavailable(OpError):
+    """No IPC connection: it could not be made, or the daemon refused it as it opened. Nothing
+    sent on it was read, so the call is safe to make again over HTTP (unlike a lost reply)."""
+
+
+def refusal_of(type_: int, conv_id: int, payload: dict) -> IpcUnavailable | None:
+    """The daemon's refusal of the connection itself, if this frame is one."""
+    if conv_id == 0 and type_ == P.REFUSE and payload.get("code") in CONNECTION_REFUSALS:
+        err = OpError.from_dict(payload)
+        return IpcUnavailable(err.code, err.message, **err.extra)
+    return None
+
+
+def over_http_after(ipc_error: IpcUnavailable, op: Op, args: dict, config: Config, timeout: float) -> Any:
+    """Make the call over HTTP because IPC failed; when HTTP fails as well, say what both did."""
+    try:
+        return http_request(op, args, config, timeout)
+    except OpError as err:
+        if err.code != "unavailable":
+            raise  # the daemon answered over HTTP: its answer stands
+        if ipc_error.code == "unavailable":
+            raise  # neither socket answers: the daemon is down, as HTTP says
+        raise OpError("unavailable", f"the daemon refused the IPC connection ({ipc_error.message}) and HTTP "
+                                     f"failed too: {err.message}", refused=ipc_error.code, **ipc_error.extra) from None
 
 
 def _next_conv() -> int:
@@ -184,6 +219,7 @@ class Client:
         self._decoder = P.FrameDecoder(1 << 30)
         self._shm = ShmFirst(self.config.shm_path) if self.config.shm_enabled and transport != "http" else None
         self._pacer = FramePacer(self.config.ipc_rate_limit)
+        self._http_until = 0.0  # monotonic time until which calls go over HTTP (IPC was refused)
 
     # -- connection --
     def _connect(self) -> socket.socket:
@@ -199,7 +235,7 @@ class Client:
             except OSError:
                 s.close()
                 if time.monotonic() + delay > deadline:
-                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                    raise IpcUnavailable("unavailable", DOWN_MESSAGE) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -223,7 +259,19 @@ class Client:
             return True
         if self.transport == "http":
             return False
+        if self._http_until:
+            if time.monotonic() < self._http_until:
+                return False
+            self._http_until = 0.0
         return self._sock is not None or Path(self.config.ipc).exists()
+
+    def _ipc_failed(self, err: IpcUnavailable) -> None:
+        """IPC is out of reach: raise when it is the only transport allowed, else go over HTTP."""
+        self.close()
+        if self.transport == "ipc":
+            raise err
+        if err.code != "unavailable":
+            self._http_until = time.monotonic() + IPC_REFUSED_HTTP_S
 
     # -- calls --
     def call(self, action: str, **args: Any) -> Any:
@@ -241,14 +289,17 @@ class Client:
         payload = {"action": action, **args}
         conv = _next_conv()
         frame = P.encode(P.REQUEST, conv, payload)
-        sock = self._send(frame)
-        sock.settimeout(self._timeout_for(args))
         try:
-            return self._await_reply(sock, conv)
-        except OSError:
-            self.close()
-            raise OpError("unavailable", "the connection to the daemon was lost before it answered; "
-                                         "the operation may or may not have been applied") from None
+            sock = self._send(frame)
+            sock.settimeout(self._timeout_for(args))
+            try:
+                return self._await_reply(sock, conv)
+            except OSError:
+                self.close()
+                raise OpError("unavailable", LOST_MESSAGE) from None
+        except IpcUnavailable as err:
+            self._ipc_failed(err)
+            return over_http_after(err, op, args, self.config, self._timeout_for(args))
 
     def fire(self, action: str, **args: Any) -> None:
         """Send a fire-and-forget operation (no reply, even on error) over IPC."""
@@ -259,7 +310,13 @@ class Client:
         if not self._use_ipc():
             http_request(op, args, self.config, self.timeout)
             return
-        self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
+        try:
+            if self._sock is not None:
+                self._check_refused(self._sock)
+            self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
+        except IpcUnavailable as err:
+            self._ipc_failed(err)
+            over_http_after(err, op, args, self.config, self.timeout)
 
     def _send(self, frame: bytes) -> socket.socket:
         wait = self._pacer.delay()
@@ -271,10 +328,34 @@ class Client:
                 sock.sendall(frame)
                 return sock
             except OSError:
+                self._check_refused(sock)  # the daemon may have refused it and closed it already
                 self.close()
                 if attempt:
-                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                    raise IpcUnavailable("unavailable", DOWN_MESSAGE) from None
         raise AssertionError("unreachable")
+
+    def _check_refused(self, sock: socket.socket) -> None:
+        """Read what the daemon has sent without waiting; raise if it refused the connection.
+
+        A caller that only fires (and never reads replies) learns this way that its connection
+        was turned away; other frames waiting there are replies nobody waits for any more."""
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
+        while True:
+            try:
+                if not readable.poll(0):
+                    return
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return  # closed by the daemon: the next send opens a new connection
+            for item in self._decoder.feed(data):
+                if not isinstance(item, P.ProtocolError):
+                    refused = refusal_of(item[0], item[1], P.unpack_payload(item[2]))
+                    if refused is not None:
+                        raise refused
 
     def _timeout_for(self, args: dict) -> float:
         wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
@@ -291,6 +372,9 @@ class Client:
                     raise OpError("internal", f"bad frame from the daemon: {item}")
                 type_, conv_id, body = item
                 if conv_id != conv:
+                    refused = refusal_of(type_, conv_id, P.unpack_payload(body)) if not conv_id else None
+                    if refused is not None:
+                        raise refused  # the connection was turned away: the request was never read
                     continue
                 return _reply_value(type_, P.unpack_payload(body))
 

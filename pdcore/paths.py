@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import struct
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +56,26 @@ def watch_supervisor(on_gone: Callable[[], None], name: str) -> threading.Thread
     thread = threading.Thread(target=watch, name="supervisor-watch", daemon=True)
     thread.start()
     return thread
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_XUCRED_HEAD = struct.Struct("IIh")  # struct xucred (BSD, macOS): version, uid, ngroups, groups...
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of the Unix socket `sock`, from the kernel.
+
+    Linux: SO_PEERCRED. macOS and the BSDs: LOCAL_PEERCRED (no pid there: 0), or the kernel's
+    getpeereid through the same option. Raises OSError when the kernel cannot tell."""
+    if hasattr(socket, "SO_PEERCRED"):
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if sys.platform == "darwin" or "bsd" in sys.platform:
+        local_peercred = getattr(socket, "LOCAL_PEERCRED", 0x001)
+        raw = sock.getsockopt(0, local_peercred, 256)  # SOL_LOCAL is 0
+        _version, uid, ngroups = _XUCRED_HEAD.unpack_from(raw)
+        gid = struct.unpack_from("I", raw, _XUCRED_HEAD.size + 2)[0] if ngroups > 0 else -1
+        return 0, uid, gid
+    raise OSError(f"peer credentials are not available on {sys.platform}")
 
 
 def rotate_log(path: Path, max_bytes: int | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import pytest
 
@@ -13,8 +14,21 @@ from pdcore.core import Connection, Core
 
 
 class FakeTransport:
+    """A transport over one end of a socket pair: the kernel reports this process as the peer."""
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.sock, self.other = socket.socketpair()
+        self.reading = True
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -26,7 +40,8 @@ class FakeTransport:
         return 0
 
     def close(self) -> None:
-        pass
+        self.sock.close()
+        self.other.close()
 
 
 @pytest.fixture

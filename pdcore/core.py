@@ -50,6 +50,7 @@ _FF_CACHE_BODY_MAX = 256
 EXIT_CONFIG = 78  # the core cannot run with this home/config; the supervisor must not retry
 CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 DROPPED_CHANNELS_MAX = 64  # channel names a msg.dropped notice lists
+REFUSED_LINGER_S = 1.0  # a refused connection is closed after this long, if its client has not closed it
 # Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId},
 # or Op.subject_agent), not the caller: it must not become the caller's identity.
 _AGENT_IS_TARGET = frozenset(
@@ -156,13 +157,15 @@ class Connection(asyncio.Protocol):
             self.core.frames_received(self, data)
 
     def refuse(self, err: OpError) -> None:
-        """Turn the connection away before anything it sends is read: one REFUSE (conv_id 0), closed."""
+        """Turn the connection away: one REFUSE (conv_id 0), then end of stream; nothing it sends
+        is handled. Its bytes are read and dropped for a moment before it is closed, so the client
+        still reads the REFUSE (a close with unread input would reset the connection first)."""
         self.closed = True
         transport = self.transport
         if transport is not None:
-            transport.pause_reading()
             transport.write(P.encode_body(P.REFUSE, 0, _reply_error(None, err)))
-            transport.close()
+            transport.write_eof()  # type: ignore[attr-defined]
+            self.core.loop.call_later(REFUSED_LINGER_S, transport.close)
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it does.

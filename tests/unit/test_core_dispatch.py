@@ -127,3 +127,15 @@ def test_an_overboard_agent_naming_itself_in_an_actor_field_is_refused(tmp_path)
         c.store.close()
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def test_a_burst_is_served_in_turns_while_its_reading_pauses(core):
+    c, conn = core
+    per_turn = c.config.ipc_frames_per_turn
+    frame = P.encode(P.REQUEST, 0, {"action": "heartbeat", "id": "agent-turns"})
+    conn.data_received(frame * (per_turn * 3 + 5))
+    assert c.stats["ops"] == per_turn and not conn.transport.reading  # the rest waits for its turns
+    for turn in range(2, 5):
+        c._serve_turns()  # what the loop runs once per pass while frames wait
+        assert c.stats["ops"] == min(per_turn * turn, per_turn * 3 + 5)
+    assert conn.transport.reading and not conn.waiting_turn

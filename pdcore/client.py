@@ -419,14 +419,19 @@ class Subscription:
                 self._sock, self._decoder = s, P.FrameDecoder(1 << 30)
                 self._read_until_agree(conv)
                 return
+            except IpcUnavailable:
+                s.close()
+                self._sock = None
+                if initial:
+                    raise  # the daemon refused the connection (its caps): say so now
             except (OSError, ConnectionError):
                 s.close()
                 self._sock = None
                 if initial and not self.reconnect:
                     raise OpError("unavailable", DOWN_MESSAGE) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                initial = False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            initial = False
 
     def _read_until_agree(self, conv: int) -> None:
         """Read until the daemon agrees to the subscription, keeping deliveries that come first."""
@@ -441,6 +446,9 @@ class Subscription:
                     continue
                 type_, conv_id, body = item
                 payload = P.unpack_payload(body)
+                refused = None if conv_id else refusal_of(type_, conv_id, payload)
+                if refused is not None:
+                    raise refused
                 if conv_id == conv:
                     _reply_value(type_, payload)
                     agreed = True

@@ -158,11 +158,12 @@ class Connection(asyncio.Protocol):
 
     def refuse(self, err: OpError) -> None:
         """Turn the connection away: one REFUSE (conv_id 0), then end of stream; nothing it sends
-        is handled. Its bytes are read and dropped for a moment before it is closed, so the client
-        still reads the REFUSE (a close with unread input would reset the connection first)."""
+        is read. It is closed a moment later, so a client that has just sent its first request
+        still reads the REFUSE rather than finding its connection reset by the close."""
         self.closed = True
         transport = self.transport
         if transport is not None:
+            transport.pause_reading()
             transport.write(P.encode_body(P.REFUSE, 0, _reply_error(None, err)))
             transport.write_eof()  # type: ignore[attr-defined]
             self.core.loop.call_later(REFUSED_LINGER_S, transport.close)
@@ -375,7 +376,7 @@ class Core:
         """Stop reading `conn` and serve the frames it has left in a later turn of the loop."""
         conn.waiting_turn = True
         conn.update_reading()
-        if not conn.output_paused:
+        if not conn.output_paused and conn not in self._waiting_turn:
             self._waiting_turn.append(conn)
             if not self._turns_scheduled:
                 self._turns_scheduled = True

@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Any
 
-from pdcore.client import Client, Subscription
+from pdcore.client import Client, IpcUnavailable, Subscription
 from pdcore.config import Config
 from pdcore.errors import OpError
 
@@ -31,8 +31,8 @@ class CoreLink:
         try:
             result = self.client.call(action, **args)
         except OpError as err:
-            if err.code != "unavailable":
-                raise
+            if err.code != "unavailable" and not isinstance(err, IpcUnavailable):
+                raise  # the core answered; a refused connection (its caps) is "unreachable" too
             if not self.down:
                 log.warning("event=core.unreachable action=%s error=%r", action, err.message)
             self.down = True

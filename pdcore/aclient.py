@@ -14,13 +14,17 @@ from typing import Any
 from pdcore import protocol as P
 from pdcore.client import (
     DOWN_MESSAGE,
+    IPC_REFUSED_HTTP_S,
     TAKE_RETRY_DELAY_MAX_S,
     FramePacer,
+    IpcUnavailable,
     _make_sync,
     _next_conv,
     _reply_value,
     http_request,
     new_request_id,
+    over_http_after,
+    refusal_of,
     reply_lost,
 )
 from pdcore.config import Config, load_config
@@ -46,6 +50,7 @@ class AsyncClient:
         self._reader_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._pacer = FramePacer(self.config.ipc_rate_limit)
+        self._http_until = 0.0  # monotonic time until which calls go over HTTP (IPC was refused)
 
     async def _connect(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -61,7 +66,7 @@ class AsyncClient:
                     break
                 except OSError:
                     if time.monotonic() + delay > deadline:
-                        raise OpError("unavailable", DOWN_MESSAGE) from None
+                        raise IpcUnavailable("unavailable", DOWN_MESSAGE) from None
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
             self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(self._reader))
@@ -69,6 +74,7 @@ class AsyncClient:
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         decoder = P.FrameDecoder(1 << 30)
+        refused: IpcUnavailable | None = None
         try:
             while True:
                 data = await reader.read(262144)
@@ -78,13 +84,21 @@ class AsyncClient:
                     if isinstance(item, P.ProtocolError):
                         continue
                     type_, conv_id, body = item
+                    if not conv_id:
+                        refused = refusal_of(type_, conv_id, P.unpack_payload(body)) or refused
+                        continue
                     fut = self._waiters.pop(conv_id, None)
                     if fut is not None and not fut.done():
                         fut.set_result((type_, P.unpack_payload(body)))
+        except OSError:
+            pass
         finally:
+            if refused is not None:
+                self._http_until = time.monotonic() + IPC_REFUSED_HTTP_S
             for fut in self._waiters.values():
                 if not fut.done():
-                    fut.set_exception(reply_lost())
+                    # refused: nothing was read, safe to make again; lost: it may have been applied
+                    fut.set_exception(refused if refused is not None else reply_lost())
             self._waiters.clear()
             if self._writer is not None:
                 self._writer.close()
@@ -116,31 +130,51 @@ class AsyncClient:
             delay = min(delay * 2, TAKE_RETRY_DELAY_MAX_S)
 
     async def _call(self, op: Op, args: dict) -> Any:
-        """Send one operation once (IPC, or HTTP when there is no IPC socket) and return its result."""
+        """Send one operation once (IPC; HTTP when IPC is absent or refused) and return its result."""
         action = op.name
-        if not Path(self.config.ipc).exists() and self._writer is None:
-            return await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
-        writer = await self._connect()
-        await self._pace()
-        conv = _next_conv()
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[conv] = fut
-        writer.write(P.encode(P.REQUEST, conv, {"action": action, **args}))
         wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
                    default=0)
+        timeout = self.timeout + wait / 1000.0
+        if not self._use_ipc():
+            return await asyncio.to_thread(http_request, op, args, self.config, timeout)
         try:
-            type_, payload = await asyncio.wait_for(fut, self.timeout + wait / 1000.0)
-        finally:
-            self._waiters.pop(conv, None)
+            writer = await self._connect()
+            await self._pace()
+            conv = _next_conv()
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[conv] = fut
+            writer.write(P.encode(P.REQUEST, conv, {"action": action, **args}))
+            try:
+                type_, payload = await asyncio.wait_for(fut, timeout)
+            finally:
+                self._waiters.pop(conv, None)
+        except IpcUnavailable as err:
+            await self.close()
+            return await asyncio.to_thread(over_http_after, err, op, args, self.config, timeout)
         return _reply_value(type_, payload)
+
+    def _use_ipc(self) -> bool:
+        if self._http_until:
+            if time.monotonic() < self._http_until:
+                return False
+            self._http_until = 0.0
+        return self._writer is not None or Path(self.config.ipc).exists()
 
     async def fire(self, action: str, **args: Any) -> None:
         op = CATALOGUE.get(action)
         if op is None or not op.fire_and_forget:
             raise OpError("fire_and_forget_not_allowed", f"{action} cannot be sent fire-and-forget", "action")
-        writer = await self._connect()
+        args = {k: v for k, v in args.items() if v is not None}
+        if not self._use_ipc():
+            await asyncio.to_thread(http_request, op, args, self.config, self.timeout)
+            return
+        try:
+            writer = await self._connect()
+        except IpcUnavailable as err:
+            await asyncio.to_thread(over_http_after, err, op, args, self.config, self.timeout)
+            return
         await self._pace()
-        writer.write(P.encode(P.REQUEST, 0, {"action": action, **{k: v for k, v in args.items() if v is not None}}))
+        writer.write(P.encode(P.REQUEST, 0, {"action": action, **args}))
 
     async def _pace(self) -> None:
         """Wait, if need be, to stay under the daemon's frame rate (see FramePacer)."""

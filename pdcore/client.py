@@ -4,7 +4,9 @@ Both sit on one `call(action, **args)`; every catalogue operation also has a met
 (`port.claim` -> `client.port_claim(id=...)`), generated from the catalogue so the SDK can never
 name an operation the daemon lacks. Transport: the binary IPC socket (`daemon.ipc`) when it
 exists, else HTTP over `daemon.sock`, else HTTP over TCP with the home's token
-(`PORT_DADDY_TOKEN`, else `auth.token`; see docs/security.md). Operations that may be sent
+(`PORT_DADDY_TOKEN`, else `auth.token`; see docs/security.md). When the IPC connection cannot be
+made or the daemon turns it away (its connection caps), the call goes over HTTP instead, and
+an error says what happened to both only when HTTP fails too. Operations that may be sent
 fire-and-forget (heartbeat, publish, pheromone spray) are sent that way over IPC by their
 generated methods unless `_reply=True` is given.
 """
@@ -15,6 +17,7 @@ import functools
 import itertools
 import json
 import os
+import select
 import socket
 import time
 import urllib.parse
@@ -36,6 +39,10 @@ DOWN_MESSAGE = "the Port Daddy daemon is not running; start it with `pd start`"
 LOST_MESSAGE = ("the connection to the daemon was lost before it answered; the operation may or may not have "
                 "been applied")
 TAKE_RETRY_DELAY_MAX_S = 1.0  # the longest pause between repeats of a take whose reply was lost
+# Codes of the REFUSE (conv_id 0) with which the daemon turns a new IPC connection away before
+# reading anything from it (docs/protocol.md, connection rules).
+CONNECTION_REFUSALS = frozenset({"too_many_connections", "forbidden"})
+IPC_REFUSED_HTTP_S = 5.0  # after a refusal, a client uses HTTP this long before it tries IPC again
 _conv_ids = itertools.count(1)
 
 
@@ -47,6 +54,32 @@ def new_request_id() -> str:
 def reply_lost() -> OpError:
     """The error of a call sent whose reply never came: a take is repeated after it (see Client._take)."""
     return OpError("unavailable", LOST_MESSAGE, replyLost=True)
+
+
+class IpcUnavailable(OpError):
+    """No IPC connection: it could not be made, or the daemon refused it as it opened. Nothing
+    sent on it was read, so the call is safe to make again over HTTP (unlike a lost reply)."""
+
+
+def refusal_of(type_: int, conv_id: int, payload: dict) -> IpcUnavailable | None:
+    """The daemon's refusal of the connection itself, if this frame is one."""
+    if conv_id == 0 and type_ == P.REFUSE and payload.get("code") in CONNECTION_REFUSALS:
+        err = OpError.from_dict(payload)
+        return IpcUnavailable(err.code, err.message, **err.extra)
+    return None
+
+
+def over_http_after(ipc_error: IpcUnavailable, op: Op, args: dict, config: Config, timeout: float) -> Any:
+    """Make the call over HTTP because IPC failed; when HTTP fails as well, say what both did."""
+    try:
+        return http_request(op, args, config, timeout)
+    except OpError as err:
+        if err.code != "unavailable":
+            raise  # the daemon answered over HTTP: its answer stands
+        if ipc_error.code == "unavailable":
+            raise  # neither socket answers: the daemon is down, as HTTP says
+        raise OpError("unavailable", f"the daemon refused the IPC connection ({ipc_error.message}) and HTTP "
+                                     f"failed too: {err.message}", refused=ipc_error.code, **ipc_error.extra) from None
 
 
 def _next_conv() -> int:
@@ -231,6 +264,7 @@ class Client:
         self._decoder = P.FrameDecoder(1 << 30)
         self._shm = ShmFirst(self.config.shm_path) if self.config.shm_enabled and transport != "http" else None
         self._pacer = FramePacer(self.config.ipc_rate_limit)
+        self._http_until = 0.0  # monotonic time until which calls go over HTTP (IPC was refused)
 
     # -- connection --
     def _connect(self) -> socket.socket:
@@ -246,7 +280,7 @@ class Client:
             except OSError:
                 s.close()
                 if time.monotonic() + delay > deadline:
-                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                    raise IpcUnavailable("unavailable", DOWN_MESSAGE) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -270,7 +304,19 @@ class Client:
             return True
         if self.transport == "http":
             return False
+        if self._http_until:
+            if time.monotonic() < self._http_until:
+                return False
+            self._http_until = 0.0
         return self._sock is not None or Path(self.config.ipc).exists()
+
+    def _ipc_failed(self, err: IpcUnavailable) -> None:
+        """IPC is out of reach: raise when it is the only transport allowed, else go over HTTP."""
+        self.close()
+        if self.transport == "ipc":
+            raise err
+        if err.code != "unavailable":
+            self._http_until = time.monotonic() + IPC_REFUSED_HTTP_S
 
     # -- calls --
     def call(self, action: str, **args: Any) -> Any:
@@ -311,13 +357,17 @@ class Client:
         payload = {"action": action, **args}
         conv = _next_conv()
         frame = P.encode(P.REQUEST, conv, payload)
-        sock = self._send(frame)
-        sock.settimeout(self._timeout_for(args))
         try:
-            return self._await_reply(sock, conv)
-        except OSError:
-            self.close()
-            raise reply_lost() from None
+            sock = self._send(frame)
+            sock.settimeout(self._timeout_for(args))
+            try:
+                return self._await_reply(sock, conv)
+            except OSError:
+                self.close()
+                raise reply_lost() from None
+        except IpcUnavailable as err:
+            self._ipc_failed(err)
+            return over_http_after(err, op, args, self.config, self._timeout_for(args))
 
     def fire(self, action: str, **args: Any) -> None:
         """Send a fire-and-forget operation (no reply, even on error) over IPC."""
@@ -328,7 +378,13 @@ class Client:
         if not self._use_ipc():
             http_request(op, args, self.config, self.timeout)
             return
-        self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
+        try:
+            if self._sock is not None:
+                self._check_refused(self._sock)
+            self._send(P.encode(P.REQUEST, 0, {"action": action, **args}))
+        except IpcUnavailable as err:
+            self._ipc_failed(err)
+            over_http_after(err, op, args, self.config, self.timeout)
 
     def _send(self, frame: bytes) -> socket.socket:
         wait = self._pacer.delay()
@@ -340,10 +396,34 @@ class Client:
                 sock.sendall(frame)
                 return sock
             except OSError:
+                self._check_refused(sock)  # the daemon may have refused it and closed it already
                 self.close()
                 if attempt:
-                    raise OpError("unavailable", DOWN_MESSAGE) from None
+                    raise IpcUnavailable("unavailable", DOWN_MESSAGE) from None
         raise AssertionError("unreachable")
+
+    def _check_refused(self, sock: socket.socket) -> None:
+        """Read what the daemon has sent without waiting; raise if it refused the connection.
+
+        A caller that only fires (and never reads replies) learns this way that its connection
+        was turned away; other frames waiting there are replies nobody waits for any more."""
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
+        while True:
+            try:
+                if not readable.poll(0):
+                    return
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                self.close()
+                return  # closed by the daemon: the next send opens a new connection
+            for item in self._decoder.feed(data):
+                if not isinstance(item, P.ProtocolError):
+                    refused = refusal_of(item[0], item[1], P.unpack_payload(item[2]))
+                    if refused is not None:
+                        raise refused
 
     def _timeout_for(self, args: dict) -> float:
         wait = max((v for k, v in args.items() if k in ("wait", "timeout") and isinstance(v, (int, float))),
@@ -360,6 +440,9 @@ class Client:
                     raise OpError("internal", f"bad frame from the daemon: {item}")
                 type_, conv_id, body = item
                 if conv_id != conv:
+                    refused = refusal_of(type_, conv_id, P.unpack_payload(body)) if not conv_id else None
+                    if refused is not None:
+                        raise refused  # the connection was turned away: the request was never read
                     continue
                 return _reply_value(type_, P.unpack_payload(body))
 
@@ -404,14 +487,19 @@ class Subscription:
                 self._sock, self._decoder = s, P.FrameDecoder(1 << 30)
                 self._read_until_agree(conv)
                 return
+            except IpcUnavailable:
+                s.close()
+                self._sock = None
+                if initial:
+                    raise  # the daemon refused the connection (its caps): say so now
             except (OSError, ConnectionError):
                 s.close()
                 self._sock = None
                 if initial and not self.reconnect:
                     raise OpError("unavailable", DOWN_MESSAGE) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                initial = False
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            initial = False
 
     def _read_until_agree(self, conv: int) -> None:
         """Read until the daemon agrees to the subscription, keeping deliveries that come first."""
@@ -426,6 +514,9 @@ class Subscription:
                     continue
                 type_, conv_id, body = item
                 payload = P.unpack_payload(body)
+                refused = None if conv_id else refusal_of(type_, conv_id, payload)
+                if refused is not None:
+                    raise refused
                 if conv_id == conv:
                     _reply_value(type_, payload)
                     agreed = True

@@ -43,9 +43,14 @@ class Config:
     shm_enabled: bool = True
     shm_slots: int = 131072  # hash slots of 256 bytes; a sparse file, only used pages cost memory
     # IPC
-    ipc_max_connections: int = 256
+    ipc_max_connections: int = 256  # public IPC connections (daemon.ipc) in all
+    ipc_max_connections_per_peer: int = 64  # public IPC connections one process (its pid) may hold
+    ipc_reserved_connections: int = 16  # last slots of ipc_max_connections kept for processes holding none (at most half)
     ipc_rate_limit: int = 500  # frames/s per public connection; 0 disables
     ipc_max_message: int = 4 * 1024 * 1024  # reassembled message limit, bytes
+    ipc_pending_bytes_max: int = 64 * 1024 * 1024  # bytes of unfinished multi-frame messages, all connections together
+    ipc_max_elements: int = 100_000  # values in one decoded message (list entries; a map entry counts two)
+    ipc_frames_per_turn: int = 64  # frames served from one connection before the others get their turn
     ipc_strikes: int = 3
     ipc_write_high_water: int = 1024 * 1024
     # HTTP

@@ -30,7 +30,7 @@ from pdcore.crypto import MasterKeyError
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
 from pdcore.ops.schema import compile_validator
-from pdcore.paths import check_home, remove_stale_socket, watch_supervisor
+from pdcore.paths import check_home, peer_credentials, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.startcheck import StartRefused, check_state
 from pdcore.state import Ctx, Park, State
@@ -51,6 +51,7 @@ _FF_CACHE_MAX = 4096
 _FF_CACHE_BODY_MAX = 256
 CHECKPOINT_EVERY = 1000  # commits between WAL checkpoints (run off the core's thread)
 DROPPED_CHANNELS_MAX = 64  # channel names a msg.dropped notice lists
+REFUSED_LINGER_S = 1.0  # a refused connection is closed after this long, if its client has not closed it
 # Ops whose `agentId` names the agent acted upon (a path field, e.g. /salvage/claim/{agentId},
 # or Op.subject_agent), not the caller: it must not become the caller's identity.
 _AGENT_IS_TARGET = frozenset(
@@ -102,17 +103,21 @@ class Parked:
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: frame decoding, rate limit, strikes, flow control."""
+    """One client connection: frame decoding, rate limit, strikes, flow control, fair turns."""
 
-    __slots__ = ("core", "public", "id", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
-                 "parked", "closed", "reading_paused", "dropped", "dropped_on", "limited")
+    __slots__ = ("core", "public", "id", "pid", "transport", "decoder", "out", "strikes", "tokens", "refill_at",
+                 "parked", "closed", "reading_paused", "output_paused", "waiting_turn", "dropped",
+                 "dropped_on", "limited")
 
     def __init__(self, core: Core, public: bool) -> None:
         self.core = core
         self.public = public
         self.id = 0
+        self.pid = 0  # the peer process (SO_PEERCRED), whose public connections are counted together
         self.transport: asyncio.Transport | None = None
-        self.decoder = P.FrameDecoder(core.config.ipc_max_message)
+        # Unfinished messages of public connections share the daemon's budget; core.sock carries
+        # the HTTP workers' requests, already bounded by http_max_body per worker thread.
+        self.decoder = P.FrameDecoder(core.config.ipc_max_message, core.pending if public else None)
         self.out: list[bytes] = []
         self.strikes = 0
         self.tokens = float(core.config.ipc_rate_limit)
@@ -120,6 +125,8 @@ class Connection(asyncio.Protocol):
         self.parked: dict[int, Parked] = {}
         self.closed = False
         self.reading_paused = False
+        self.output_paused = False  # the client is not reading its replies
+        self.waiting_turn = False  # complete frames are left for the next turn (Core._serve_turns)
         self.dropped = 0  # deliveries dropped since the last msg.dropped notice
         self.dropped_on: set[str] = set()  # their channels (at most DROPPED_CHANNELS_MAX names)
         self.limited = public and core.config.ipc_rate_limit > 0  # core.sock is exempt
@@ -128,6 +135,17 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=self.core.config.ipc_write_high_water)  # type: ignore[attr-defined]
+        try:
+            pid, uid, _gid = peer_credentials(transport.get_extra_info("socket"))
+        except (OSError, AttributeError):
+            pid, uid = 0, -1
+        self.pid = pid
+        if uid != os.getuid():
+            self.core.stats["refused_connections"] += 1
+            log.warning("event=ipc.forbidden peer_pid=%d peer_uid=%d", pid, uid)
+            self.refuse(OpError("forbidden", f"only the daemon's owner (uid {os.getuid()}) may connect; "
+                                             f"this peer runs as uid {uid}"))
+            return
         self.core.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -135,18 +153,41 @@ class Connection(asyncio.Protocol):
         self.core.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
-        self.core.frames_received(self, data)
+        if not self.closed:  # a refused connection: nothing it sends is read
+            self.core.frames_received(self, data)
+
+    def refuse(self, err: OpError) -> None:
+        """Turn the connection away: one REFUSE (conv_id 0), then end of stream; nothing it sends
+        is read. It is closed a moment later, so a client that has just sent its first request
+        still reads the REFUSE rather than finding its connection reset by the close."""
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            transport.pause_reading()
+            transport.write(P.encode_body(P.REFUSE, 0, _reply_error(None, err)))
+            transport.write_eof()  # type: ignore[attr-defined]
+            self.core.loop.call_later(REFUSED_LINGER_S, transport.close)
 
     def pause_writing(self) -> None:
         # The client is not reading its replies: stop reading its requests until it does.
-        if self.transport is not None and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.output_paused = True
+        self.update_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self.reading_paused and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        self.output_paused = False
+        if self.waiting_turn and not self.closed:
+            self.core.wait_turn(self)
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read from the socket unless the client's replies pile up or its frames wait for a turn."""
+        paused = self.output_paused or self.waiting_turn
+        if paused != self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     # -- output ----------------------------------------------------------------------------
     def send(self, frame: bytes) -> None:
@@ -205,6 +246,14 @@ class Core:
             self.stats[key] = 0
         self.conns: dict[int, Connection] = {}
         self.public_count = 0
+        self.peer_counts: dict[int, int] = {}  # peer pid -> its public connections
+        self.pending = P.PendingBudget(config.ipc_pending_bytes_max)
+        self._turn_frames = max(1, config.ipc_frames_per_turn)
+        self._max_elements = config.ipc_max_elements
+        self._waiting_turn: list[Connection] = []
+        self._turns_scheduled = False
+        self._rate_refusal = _reply_error(None, OpError(
+            "rate_limited", f"more than {config.ipc_rate_limit} frames/s on this connection (ipc_rate_limit)"))
         self._next_conn_id = 1
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
@@ -264,23 +313,49 @@ class Core:
         conn.id = self._next_conn_id
         self._next_conn_id += 1
         if conn.public:
-            if self.public_count >= self.config.ipc_max_connections:
+            err = self._admission(conn.pid)
+            if err is not None:
                 self.stats["refused_connections"] += 1
-                err = OpError("too_many_connections",
-                              f"the daemon serves at most {self.config.ipc_max_connections} IPC connections")
-                conn.transport.write(P.encode_body(P.REFUSE, 0, _reply_error(None, err)))  # type: ignore[union-attr]
-                conn.closed = True
-                conn.transport.close()  # type: ignore[union-attr]
+                log.warning("event=ipc.refused peer_pid=%d code=%s limit=%s", conn.pid, err.code, err.extra["limit"])
+                conn.refuse(err)
                 return
             self.public_count += 1
+            if conn.pid:
+                self.peer_counts[conn.pid] = self.peer_counts.get(conn.pid, 0) + 1
         self.conns[conn.id] = conn
         self.stats["connections"] += 1
+
+    def _admission(self, pid: int) -> OpError | None:
+        """Why a new public connection of process `pid` is refused, or None: the total, the
+        process's own share, and the last slots kept for processes that hold none yet."""
+        cfg = self.config
+        held = self.peer_counts.get(pid, 0) if pid else 0
+        reserved = min(cfg.ipc_reserved_connections, cfg.ipc_max_connections // 2)
+        if self.public_count >= cfg.ipc_max_connections:
+            limit, value = "ipc_max_connections", cfg.ipc_max_connections
+            why = f"the daemon serves at most {value} IPC connections (ipc_max_connections)"
+        elif held >= cfg.ipc_max_connections_per_peer:
+            limit, value = "ipc_max_connections_per_peer", cfg.ipc_max_connections_per_peer
+            why = f"process {pid} already holds {held} IPC connections, the most one process may (ipc_max_connections_per_peer)"
+        elif held and self.public_count >= cfg.ipc_max_connections - reserved:
+            limit, value = "ipc_reserved_connections", reserved
+            why = (f"the last {value} of {cfg.ipc_max_connections} IPC connections are kept for processes that hold "
+                   f"none, and process {pid} holds {held} (ipc_reserved_connections)")
+        else:
+            return None
+        return OpError("too_many_connections", why + "; use HTTP over daemon.sock meanwhile", limit=limit, value=value)
 
     def connection_closed(self, conn: Connection) -> None:
         if self.conns.pop(conn.id, None) is None:
             return
+        conn.decoder.release()
         if conn.public:
             self.public_count -= 1
+            held = self.peer_counts.get(conn.pid, 0) - 1
+            if held > 0:
+                self.peer_counts[conn.pid] = held
+            else:
+                self.peer_counts.pop(conn.pid, None)
         self.subscriptions.drop(conn)
         for parked in list(conn.parked.values()):
             self._finish_parked(parked)
@@ -290,13 +365,47 @@ class Core:
 
     # -- frames ----------------------------------------------------------------------------
     def frames_received(self, conn: Connection, data: bytes) -> None:
+        conn.decoder.push(data)
+        if self._serve(conn):
+            self.wait_turn(conn)
+
+    def wait_turn(self, conn: Connection) -> None:
+        """Stop reading `conn` and serve the frames it has left in a later turn of the loop."""
+        conn.waiting_turn = True
+        conn.update_reading()
+        if not conn.output_paused and conn not in self._waiting_turn:
+            self._waiting_turn.append(conn)
+            if not self._turns_scheduled:
+                self._turns_scheduled = True
+                self.loop.call_soon(self._serve_turns)
+
+    def _serve_turns(self) -> None:
+        """One more turn for each connection with frames left; between two of these turns the
+        loop reads every other connection, so a flood waits its turn rather than others."""
+        self._turns_scheduled = False
+        waiting, self._waiting_turn = self._waiting_turn, []
+        for conn in waiting:
+            if conn.closed or conn.output_paused:
+                continue  # closed, or resumed by resume_writing once its client reads again
+            if self._serve(conn):
+                self._waiting_turn.append(conn)
+            else:
+                conn.waiting_turn = False
+                conn.update_reading()
+        if self._waiting_turn and not self._turns_scheduled:
+            self._turns_scheduled = True
+            self.loop.call_soon(self._serve_turns)
+
+    def _serve(self, conn: Connection) -> bool:
+        """Handle up to `ipc_frames_per_turn` buffered frames of `conn`; True when more are left."""
         now_mono = time.monotonic()
         now_ms = int(time.time() * 1000)
         stats = self.stats
         limited = conn.limited
-        for item in conn.decoder.feed(data):
+        decoder = conn.decoder
+        for item in decoder.frames(self._turn_frames):
             if conn.closed:
-                return
+                return False
             if item.__class__ is not tuple:
                 self._violation(conn, item)
                 continue
@@ -305,8 +414,7 @@ class Core:
             if limited and not conn.take_token(now_mono):
                 stats["rate_limited"] += 1
                 if conv_id:
-                    err = OpError("rate_limited", f"more than {self.config.ipc_rate_limit} frames/s on this connection")
-                    conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(None, err)))
+                    conn.send(P.encode_body(P.REFUSE, conv_id, self._rate_refusal))
                 else:
                     stats["ff_dropped"] += 1
                 continue
@@ -316,7 +424,14 @@ class Core:
                     self._run_fire_and_forget(conn, hit, now_ms)
                     continue
             try:
-                payload = _unpackb(body, raw=False, strict_map_key=False)
+                if len(body) <= self._max_elements:  # too short to hold more values than allowed
+                    payload = _unpackb(body, raw=False, strict_map_key=False)
+                else:
+                    payload = P.unpack_bounded(body, self._max_elements)
+            except P.ProtocolError as err:
+                err.conv_id = conv_id
+                self._violation(conn, err)
+                continue
             except Exception:
                 self._violation(conn, P.ProtocolError("bad_payload", "payload is not MessagePack", conv_id))
                 continue
@@ -332,6 +447,7 @@ class Core:
             else:
                 self._violation(conn, P.ProtocolError(
                     "unexpected_type", f"{P.NAMES.get(type_, hex(type_))} is not sent by clients", conv_id))
+        return decoder.more and not conn.closed
 
     def _violation(self, conn: Connection, err: P.ProtocolError) -> None:
         if err.code == "too_large":

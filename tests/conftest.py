@@ -185,9 +185,14 @@ def _installed_from_this_checkout() -> bool:
     return probe.returncode == 0 and Path(probe.stdout.strip()) == REPO
 
 
+# The test process is one trusted peer that holds many IPC connections at once (every
+# `daemon.client()` keeps its own until the daemon stops): neither rate nor per-process caps.
+TEST_PEER = {"ipc_rate_limit": 0, "ipc_max_connections_per_peer": 1024}
+
+
 @pytest.fixture(scope="session")
 def daemon():
-    d = Daemon(ipc_rate_limit=0).start()
+    d = Daemon(**TEST_PEER).start()
     yield d
     d.stop()
 
@@ -195,7 +200,7 @@ def daemon():
 @pytest.fixture
 def fresh_daemon():
     """A daemon for one test (it may kill or restart things)."""
-    d = Daemon(ipc_rate_limit=0).start()
+    d = Daemon(**TEST_PEER).start()
     yield d
     d.stop()
 

@@ -110,7 +110,8 @@ def test_rate_limit_refuses_beyond_budget(daemon_factory):
 
 
 def test_connection_cap_refuses_the_next_connection(daemon_factory):
-    d = daemon_factory(ipc_max_connections=8)  # the daemon's own fleet runner holds a few of them
+    # the daemon's own fleet runner holds a few of them; no slots kept for newcomers here
+    d = daemon_factory(ipc_max_connections=8, ipc_reserved_connections=0)
     held, refused = [], None
     for _ in range(9):
         s = connect(d)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 import pytest
 
@@ -13,8 +14,21 @@ from pdcore.core import Connection, Core
 
 
 class FakeTransport:
+    """A transport over one end of a socket pair: the kernel reports this process as the peer."""
+
     def __init__(self) -> None:
         self.written: list[bytes] = []
+        self.sock, self.other = socket.socketpair()
+        self.reading = True
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -26,7 +40,8 @@ class FakeTransport:
         return 0
 
     def close(self) -> None:
-        pass
+        self.sock.close()
+        self.other.close()
 
 
 @pytest.fixture
@@ -112,3 +127,15 @@ def test_an_overboard_agent_naming_itself_in_an_actor_field_is_refused(tmp_path)
         c.store.close()
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def test_a_burst_is_served_in_turns_while_its_reading_pauses(core):
+    c, conn = core
+    per_turn = c.config.ipc_frames_per_turn
+    frame = P.encode(P.REQUEST, 0, {"action": "heartbeat", "id": "agent-turns"})
+    conn.data_received(frame * (per_turn * 3 + 5))
+    assert c.stats["ops"] == per_turn and not conn.transport.reading  # the rest waits for its turns
+    for turn in range(2, 5):
+        c._serve_turns()  # what the loop runs once per pass while frames wait
+        assert c.stats["ops"] == min(per_turn * turn, per_turn * 3 + 5)
+    assert conn.transport.reading and not conn.waiting_turn

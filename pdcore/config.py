@@ -51,6 +51,8 @@ class Config:
     ipc_pending_bytes_max: int = 64 * 1024 * 1024  # bytes of unfinished multi-frame messages, all connections together
     ipc_max_elements: int = 100_000  # values in one decoded message (list entries; a map entry counts two)
     ipc_frames_per_turn: int = 64  # frames served from one connection before the others get their turn
+    park_max_per_connection: int = 1000  # calls one IPC connection may have waiting (lock wait, tuple in, poll)
+    park_max: int = 20_000  # calls waiting across the daemon (HTTP workers' included); beyond: too_many_parked
     ipc_strikes: int = 3
     ipc_write_high_water: int = 1024 * 1024
     # HTTP
@@ -218,6 +220,7 @@ _POSITIVE = frozenset({
     "fleet_respawn_backoff_ms", "fleet_respawn_backoff_max_ms", "fleet_max_concurrent_default",
     "wait_default_ms", "wait_max_ms", "note_verify_wait_ms", "wait_max_ids", "briefing_limit_default",
     "up_health_timeout_ms", "restart_backoff_max_s", "take_record_ttl_ms", "take_records_max",
+    "park_max_per_connection", "park_max",
 })
 _CHOICES: dict[str, tuple[str, ...]] = {"db_synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
 # Pairs whose first value must stay below the second (`<`) or not above it (`<=`).

@@ -258,7 +258,9 @@ class Core:
         self.dirty: list[Connection] = []
         self._flush_scheduled = False
         self._park_seq = 0
-        self.waiting: dict[Any, list[Parked]] = {}
+        # key -> its parked calls, oldest first (a dict: O(1) removal when one finishes)
+        self.waiting: dict[Any, dict[Parked, None]] = {}
+        self.parked_now = 0  # calls parked at this moment (park_max bounds it)
         self.subscriptions = Subscriptions.from_config(config)
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
@@ -530,7 +532,11 @@ class Core:
             return
         if result.__class__ is Park:
             if conv_id:
-                self._park(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
+                refused = self._park_refusal(conn)
+                if refused is None:
+                    self._park(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
+                else:
+                    conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(action, refused)))
         elif conv_id:
             conn.send(P.encode_body(P.INFORM_DONE, conv_id, _pack({"action": action, "result": result})))
         if self.state.pending_wakes:
@@ -573,30 +579,44 @@ class Core:
         return result
 
     # -- parking ---------------------------------------------------------------------------
+    def _park_refusal(self, conn: Connection) -> OpError | None:
+        """Why a call may not park now: the connection's or the daemon's parked calls are at their
+        cap (every parked call is retried when its keys wake, so their number is bounded).
+        core.sock is exempt from the per-connection cap: the HTTP workers bound their own."""
+        cfg = self.config
+        if conn.public and len(conn.parked) >= cfg.park_max_per_connection:
+            limit, value = "park_max_per_connection", cfg.park_max_per_connection
+        elif self.parked_now >= cfg.park_max:
+            limit, value = "park_max", cfg.park_max
+        else:
+            return None
+        return OpError("too_many_parked", f"{value} calls are waiting already, the most allowed ({limit}); "
+                       "retry when some have been answered", limit=limit, value=value)
+
     def _park(self, conn: Connection, conv_id: int, action: str, handler: Callable, args: dict,
               agent_id: str | None, park: Park, durable: bool) -> None:
         self._park_seq += 1
         parked = Parked(self._park_seq, action, handler, args, conn, conv_id, agent_id, park, durable)
         for key in parked.keys:
-            self.waiting.setdefault(key, []).append(parked)
+            self.waiting.setdefault(key, {})[parked] = None
         parked.timer = self.timers.add(park.deadline, self._park_timeout, parked)
         old = conn.parked.get(conv_id)
         if old is not None:
             self._finish_parked(old)
         conn.parked[conv_id] = parked
         self.stats["parked"] += 1
+        self.parked_now += 1
 
     def _finish_parked(self, parked: Parked) -> None:
+        if not parked.done:
+            self.parked_now -= 1
         parked.done = True
         if parked.timer is not None:
             parked.timer.cancel()
         for key in parked.keys:
             waiters = self.waiting.get(key)
             if waiters is not None:
-                try:
-                    waiters.remove(parked)
-                except ValueError:
-                    pass
+                waiters.pop(parked, None)
                 if not waiters:
                     del self.waiting[key]
         if parked.conn.parked.get(parked.conv_id) is parked:

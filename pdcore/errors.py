@@ -33,6 +33,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "too_large": 413,
     "rate_limited": 429,
     "too_many_connections": 429,
+    "too_many_parked": 429,  # a call that would wait past park_max_per_connection / park_max
     "too_many_patterns": 429,  # a SUBSCRIBE past a subscribe_*patterns* cap (nothing of it applied)
     "internal": 500,
     "unavailable": 503,

@@ -297,3 +297,51 @@ def test_a_message_of_millions_of_values_is_refused_at_once_and_the_core_keeps_a
         assert refused_ms < 400 and other_ms < 400
     hog.sendall(P.encode(P.REQUEST, 13, {"action": "daemon.health"}))  # not a strike: still served
     assert first_reply(hog)[:2] == (P.INFORM_DONE, 13)
+
+
+def test_waiting_calls_are_capped_per_connection_and_per_daemon(daemon_factory):
+    d = daemon_factory(park_max_per_connection=4, park_max=6)
+    name = f"parkcap-{os.getpid()}-{time.monotonic_ns()}"
+    with d.client(transport="ipc") as holder:
+        holder.lock_acquire(name=name, owner="holder")
+
+        async def scenario() -> tuple[list, list]:
+            a, b = AsyncClient(d.config), AsyncClient(d.config)
+            try:
+                waits = [asyncio.ensure_future(a.lock_acquire(name=name, owner=f"a{i}", wait=20_000))
+                         for i in range(4)]
+                await asyncio.sleep(0.5)  # all four parked on a's connection
+                with pytest.raises(OpError) as per_conn:
+                    await a.lock_acquire(name=name, owner="a-extra", wait=20_000)
+                more = [asyncio.ensure_future(b.lock_acquire(name=name, owner=f"b{i}", wait=20_000))
+                        for i in range(2)]
+                await asyncio.sleep(0.5)  # six parked in all: the daemon's cap
+                with pytest.raises(OpError) as per_daemon:
+                    await b.lock_acquire(name=name, owner="b-extra", wait=20_000)
+                # a refused call did not park: the six that did are still served one by one
+                for _ in range(6):
+                    await asyncio.to_thread(_release_next, d, name)
+                served = await asyncio.wait_for(asyncio.gather(*waits, *more), 20)
+                return [per_conn.value, per_daemon.value], served
+            finally:
+                await a.close()
+                await b.close()
+
+        refusals, served = asyncio.run(scenario())
+    assert [(e.code, e.extra.get("limit")) for e in refusals] == [
+        ("too_many_parked", "park_max_per_connection"), ("too_many_parked", "park_max")]
+    assert len({r["fence"] for r in served}) == 6
+
+
+def _release_next(d, name: str) -> None:
+    """Release the lock whoever holds it now, once it has a holder."""
+    with d.client(transport="ipc") as c:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            held = c.lock_get(name=name)
+            owner = held.get("owner") or (held.get("lock") or {}).get("owner")
+            if owner:
+                c.lock_release(name=name, owner=owner)
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"nobody took {name}")

@@ -206,11 +206,15 @@ def http_request(op: Op, args: dict, config: Config, timeout: float) -> dict:
     else:
         raise OpError("unavailable", DOWN_MESSAGE)
     try:
-        conn.request(route.method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        data = json.loads(resp.read() or b"{}")
-    except (OSError, http.client.HTTPException, ValueError):
-        raise OpError("unavailable", DOWN_MESSAGE) from None
+        try:
+            conn.request(route.method, path, body=body, headers=headers)
+        except (OSError, http.client.HTTPException):
+            raise OpError("unavailable", DOWN_MESSAGE) from None
+        try:
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"{}")
+        except (OSError, http.client.HTTPException, ValueError):
+            raise reply_lost() from None  # sent: it may have been applied (a take is repeated by its id)
     finally:
         conn.close()
     if not data.get("success", resp.status < 400):

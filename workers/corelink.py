@@ -40,9 +40,9 @@ _STREAM_INFORMS = ("msg.delivery", "msg.dropped")  # what the core pushes to a s
 _START_HINT = "start it with `pd start`"
 
 
-def core_unavailable(path: Path | str, why: str) -> OpError:
+def core_unavailable(path: Path | str, why: str, **extra: Any) -> OpError:
     """The error every front door shows when the core is down or not answering."""
-    return OpError("unavailable", f"the Port Daddy core is not reachable at {path} ({why}); {_START_HINT}")
+    return OpError("unavailable", f"the Port Daddy core is not reachable at {path} ({why}); {_START_HINT}", **extra)
 
 
 def _ms(value: Any) -> float:
@@ -172,13 +172,14 @@ class CoreLink:
                 return self._read_reply(sock, conv, timeout_s)
             except TimeoutError:
                 self.close()  # a late reply must not be read as the next request's
+                # replyLost: the core may have applied it; a client repeats a take with its request id
                 raise OpError(
                     "unavailable", f"the Port Daddy core did not answer within {timeout_s:g} s; "
-                    f"check `pd status` (or restart it with `pd start`)") from None
+                    f"check `pd status` (or restart it with `pd start`)", replyLost=True) from None
             except (ConnectionError, OSError) as exc:
                 self.close()
                 if attempt == 2 or not retry_after_send:
-                    raise core_unavailable(self.path, f"connection lost: {exc}") from None
+                    raise core_unavailable(self.path, f"connection lost: {exc}", replyLost=True) from None
         raise AssertionError("unreachable")
 
     def _read_reply(self, sock: socket.socket, conv: int, timeout_s: float) -> tuple[int, dict]:

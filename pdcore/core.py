@@ -43,6 +43,7 @@ _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
+_NO_DEADLINE = 1 << 62  # a parked call's wait deadline before it has one (an Await first, a Park later)
 _CALL_TYPES = frozenset({P.REQUEST, P.QUERY_REF, P.QUERY_IF, P.INFORM})
 # Fire-and-forget frames repeat byte for byte (an agent's heartbeat): their decoded, validated
 # arguments are kept by body, so a repeat skips MessagePack and validation. Only payloads of
@@ -489,7 +490,7 @@ class Core:
         """Park a call on an asynchronous call (a fire-and-forget one runs it and drops the answer)."""
         self._park_seq += 1
         parked = Parked(self._park_seq, action, handler, args, conn, conv_id, agent_id,
-                        Park((), pending.deadline, pending.on_timeout), durable)
+                        Park((), _NO_DEADLINE, pending.on_timeout), durable)  # a Park later sets the wait's
         if conv_id:
             old = conn.parked.get(conv_id)
             if old is not None:
@@ -658,8 +659,7 @@ class Core:
         try:
             result = self._run(parked.handler, ctx, parked.args, parked.durable)
         except OpError as err:
-            self._finish_parked(parked)
-            parked.conn.send(P.encode_body(P.REFUSE, parked.conv_id, _reply_error(parked.action, err)))
+            self._answer_error(parked, err)
             return
         except Exception:
             log.exception("event=op.crash action=%s retry=1", parked.action)

@@ -47,10 +47,19 @@ def _check_space(config: Config) -> str:
     from pdcore.team.link import connect_options
     from pdcore.team.space import open_space
 
+    errors: list[BaseException] = []
+
+    async def quiet(exc: BaseException) -> None:  # nats-py prints a traceback per failure otherwise
+        errors.append(exc)
+
     async def check() -> str:
         import nats
 
-        nc = await nats.connect(**connect_options(config), allow_reconnect=False, max_reconnect_attempts=0)
+        try:
+            nc = await nats.connect(**connect_options(config), allow_reconnect=False, max_reconnect_attempts=1,
+                                    error_cb=quiet)
+        except Exception as exc:  # noqa: BLE001 - say what the server said, not "no servers"
+            raise (errors[-1] if errors else exc) from None
         try:
             js = nc.jetstream(timeout=config.team_op_timeout_ms / 1000)
             await open_space(js, config.team_space, config.team_replicas)

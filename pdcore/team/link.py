@@ -120,6 +120,7 @@ class TeamLink:
         self.connected_at: int | None = None
         self.disconnected_at: int | None = None
         self.reconnects = 0
+        self.on_down: list[Callable[[], None]] = []  # called on the core's thread when the link goes down
         self._watches: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
@@ -267,6 +268,9 @@ class TeamLink:
         self.ready = False
         self.disconnected_at = int(time.time() * 1000)
         log.warning("event=team.disconnected error=%s", self.last_error)
+        for fn in self.on_down:  # e.g. parked lock waiters: they retry now and fail with team_unavailable
+            fn()
+        self.after_change()
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1

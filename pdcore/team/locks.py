@@ -57,8 +57,16 @@ class TeamLocks:
         self.trying: set[str] = set()  # names a parked waiter of this host is trying right now
         self.bound: dict[Any, dict[str, str]] = {}  # IPC connection id -> {name: owner}
         self.expiry_wakes: dict[str, int] = {}  # name -> holder expiry a wake is armed for
+        self.waited: set[str] = set()  # names some call of this host parked on
         self._refresh_armed = False
         link.watch(LOCKS.short, self._changed)
+        link.on_down.append(self._link_down)
+
+    def _link_down(self) -> None:
+        """Retry every parked waiter now: each fails at once with team_unavailable rather than wait blind."""
+        for name in self.waited:
+            self.root.wake(self.locks.wake_key(name))
+        self.waited = set()
 
     # -- the watch --------------------------------------------------------------------------------
     def _changed(self, key: str, revision: int, value: bytes | None) -> None:
@@ -128,7 +136,8 @@ class TeamLocks:
         bound = ctx.conn is not None and ttl is None
         ttl_ms = self.config.team_bound_lock_ttl_ms if bound else self.locks.ttl(ttl)
         deadline = ctx.now + wait if wait else None
-        if wait and name in self.trying:  # an older waiter of this host is trying: queue behind it
+        if wait and name in self.trying and self.link.available:  # an older waiter here is trying: queue
+            self.waited.add(name)
             return Park((self.locks.wake_key(name),), deadline, self._held_error(name, None, wait))
         self._check_limit(ctx.agent_id or owner)
         return self._attempt(ctx, name, owner, ttl_ms, bound, metadata, deadline, wait)
@@ -159,6 +168,7 @@ class TeamLocks:
             if deadline is None:
                 raise error
             self._arm_expiry_wake(name, int(holder.get("expiresAt") or 0))
+            self.waited.add(name)
             return Park((self.locks.wake_key(name),), deadline, error)
 
         pending = self.link.call(self._try_acquire, name, owner, ttl_ms, bound, ctx.agent_id, metadata, then=then)

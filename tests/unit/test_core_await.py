@@ -154,3 +154,16 @@ def test_closing_the_connection_cancels_the_awaited_call(core):
     conn.connection_lost(None)
     loop.run_until_complete(asyncio.sleep(0.01))
     assert cancelled == [True] and not conn.parked
+
+
+def test_a_wait_after_an_awaited_call_keeps_its_own_deadline_not_the_calls(core):
+    c, conn, transport, loop = core
+
+    async def quick() -> int:
+        return 1
+
+    # the call's own deadline is 50 ms away; the wait it parks on afterwards lasts 300 ms
+    _install(c, lambda ctx: Await(quick(), _now() + 50, then=lambda v: Park(("slow",), _now() + 300, {"late": 1})))
+    conn.data_received(P.encode(P.REQUEST, 2, {"action": "test.await"}))
+    loop.run_until_complete(asyncio.sleep(0.15))
+    assert _replies(transport) == [] and "slow" in c.waiting

@@ -36,7 +36,7 @@ COMMANDS = {
     "restart": "daemon", "restore": "backup", "salvage": "salvage", "service": "ports", "services": "ports", "session": "sessions",
     "sessions": "sessions", "sitrep": "sessions", "spawn": "spawn", "spawned": "spawn", "start": "daemon",
     "status": "daemon", "stop": "daemon", "swarm": "projects", "swarm_awareness": "projects", "token": "auth",
-    "tuple": "tuples",
+    "team": "team", "tuple": "tuples",
     "unlock": "locks", "uninstall": "service", "up": "up", "version": "daemon", "wait": "projects",
     "watch": "messaging", "webhook": "webhooks", "webhooks": "webhooks", "whoami": "sessions",
     "with-lock": "locks",

@@ -162,6 +162,22 @@ class Config:
     up_stop_grace_ms: int = 5000  # pd down: SIGTERM, then SIGKILL after this long
     # supervisor
     restart_backoff_max_s: float = 10.0
+    # -- team mode (docs/team.md): the `team:` section of config.yaml (`team.space` is `team_space` here)
+    team_servers: list[str] = field(default_factory=list)  # NATS URLs (nats:// or tls://); empty: local mode
+    team_space: str = ""  # the space's name: its streams and buckets are named after it
+    team_creds: Path | None = None  # a NATS credentials file (JWT + seed); or team_user/team_password
+    team_user: str = ""
+    team_password: str = ""
+    team_tls_ca: Path | None = None  # the CA that signed the servers' TLS certificates
+    team_replicas: int = 1  # copies JetStream keeps of each stream/bucket: 1, or 3 on a 3-node cluster
+    team_host_id: str = ""  # this host in the team; empty: made from the hostname once, kept in <home>/team.host
+    team_key_file: Path | None = None  # the team key that seals shared notes (never sent through NATS)
+    team_connect_timeout_ms: int = 2000  # one connection attempt to a NATS server
+    team_op_timeout_ms: int = 5000  # a team op not acknowledged by JetStream in this long fails (team_unavailable)
+    team_reconnect_wait_ms: int = 500  # pause between reconnection attempts (the link retries forever)
+    team_heartbeat_ms: int = 2000  # how often this host writes its heartbeat into the hosts bucket
+    team_host_timeout_ms: int = 15_000  # a host whose heartbeat is older than this is no longer seen
+    team_bound_lock_ttl_ms: int = 30_000  # server TTL of a connection-bound team lock, refreshed while bound
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -221,6 +237,8 @@ _POSITIVE = frozenset({
     "wait_default_ms", "wait_max_ms", "note_verify_wait_ms", "wait_max_ids", "briefing_limit_default",
     "up_health_timeout_ms", "restart_backoff_max_s", "take_record_ttl_ms", "take_records_max",
     "park_max_per_connection", "park_max",
+    "team_connect_timeout_ms", "team_op_timeout_ms", "team_reconnect_wait_ms", "team_heartbeat_ms",
+    "team_host_timeout_ms", "team_bound_lock_ttl_ms",
 })
 _CHOICES: dict[str, tuple[str, ...]] = {"db_synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
 # Pairs whose first value must stay below the second (`<`) or not above it (`<=`).
@@ -230,7 +248,10 @@ _ORDERED = (
     ("webhook_retry_base_ms", "<=", "webhook_retry_max_ms"),
     ("fleet_respawn_backoff_ms", "<=", "fleet_respawn_backoff_max_ms"),
     ("wait_default_ms", "<=", "wait_max_ms"),
+    ("team_heartbeat_ms", "<", "team_host_timeout_ms"),
 )
+TEAM_SECTION = "team"  # config.yaml's `team:` mapping; its keys are the team_* settings without the prefix
+_TEAM_NAME_RE = r"[A-Za-z0-9_-]{1,64}"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -367,6 +388,7 @@ def _read_file(cfg_file: Path, names: set[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{cfg_file}: holds {type(data).__name__ if not isinstance(data, list) else 'a list'}; "
                           "it must be a mapping of settings, one `key: value` per line")
+    data = _flatten_team(cfg_file, data)
     for key in data:
         if key not in names:
             import difflib  # only for a typo
@@ -376,6 +398,58 @@ def _read_file(cfg_file: Path, names: set[str]) -> dict[str, Any]:
             raise ConfigError(f"{cfg_file}: unknown setting {key!r}{hint}; the settings are listed in "
                               "docs/operations.md")
     return data
+
+
+def _flatten_team(cfg_file: Path, data: dict) -> dict:
+    """The `team:` mapping of config.yaml as team_* settings (`team: {space: x}` is `team_space: x`)."""
+    section = data.get(TEAM_SECTION)
+    if section is None:
+        return data
+    if not isinstance(section, dict):
+        raise ConfigError(f"{cfg_file}: team must be a mapping of team settings (servers, space, ...); "
+                          "see docs/team.md")
+    flat = {k: v for k, v in data.items() if k != TEAM_SECTION}
+    team_names = {f.name[len("team_"):] for f in dataclasses.fields(Config) if f.name.startswith("team_")}
+    for key, value in section.items():
+        if key not in team_names:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(team_names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{cfg_file}: unknown team setting {key!r}{hint}; the team settings are listed in "
+                              "docs/operations.md")
+        if key == "servers" and isinstance(value, str):
+            value = [value]
+        flat[f"team_{key}"] = value
+    return flat
+
+
+def _check_team(config: Config, origin: dict[str, str]) -> None:
+    """The team settings must make sense together: servers with a space, one way to log in, 1 or 3 replicas."""
+    import re
+
+    def where(name: str) -> str:
+        return f"{origin[name]}: " if name in origin else ""
+
+    for url in config.team_servers:
+        if not re.fullmatch(r"(nats|tls)://[^\s/]+", url):
+            raise ConfigError(f"{where('team_servers')}team.servers holds {url!r}; each must be a URL like "
+                              "nats://HOST:4222 (or tls://HOST:4222)")
+    if config.team_replicas not in (1, 3):
+        raise ConfigError(f"{where('team_replicas')}team.replicas is {config.team_replicas}; it must be 1 or 3")
+    for name in ("team_space", "team_host_id"):
+        value = getattr(config, name)
+        if value and not re.fullmatch(_TEAM_NAME_RE, value):
+            raise ConfigError(f"{where(name)}team.{name[5:]} is {value!r}; it must be 1-64 characters from "
+                              "A-Z a-z 0-9 _ -")
+    if config.team_servers and not config.team_space:
+        raise ConfigError(f"{where('team_servers')}team.servers is set but team.space is not; name the space "
+                          "(pd team join URL --space NAME)")
+    if config.team_creds and (config.team_user or config.team_password):
+        raise ConfigError(f"{where('team_creds')}team.creds and team.user/password are both set; give one way "
+                          "to log in")
+    if config.team_password and not config.team_user:
+        raise ConfigError(f"{where('team_password')}team.password is set without team.user")
 
 
 def _bad(where: str, name: str, raw: Any, allowed: str) -> ConfigError:
@@ -436,6 +510,7 @@ def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Conf
         where = " and ".join(dict.fromkeys(origin[n] for n in (low, high) if n in origin)) or "the defaults"
         raise ConfigError(f"{where}: {low} is {a} and {high} is {b}; {low} must be "
                           f"{'below' if op == '<' else 'at most'} {high}")
+    _check_team(config, origin)
     return config
 
 

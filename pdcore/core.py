@@ -33,7 +33,7 @@ from pdcore.ops.schema import compile_validator
 from pdcore.paths import check_home, peer_credentials, remove_stale_socket, watch_supervisor
 from pdcore.shm import ShmWriter, service_rows
 from pdcore.startcheck import StartRefused, check_state
-from pdcore.state import Ctx, Park, State
+from pdcore.state import Await, Ctx, Park, State
 from pdcore.store import Store
 from pdcore.subscriptions import Subscriptions
 
@@ -43,6 +43,7 @@ _unpackb = msgpack.unpackb
 _pack = msgpack.Packer(use_bin_type=True).pack
 _header = P.HEADER.pack
 _MAX_WAKE_ROUNDS = 1000
+_NO_DEADLINE = 1 << 62  # a parked call's wait deadline before it has one (an Await first, a Park later)
 _CALL_TYPES = frozenset({P.REQUEST, P.QUERY_REF, P.QUERY_IF, P.INFORM})
 # Fire-and-forget frames repeat byte for byte (an agent's heartbeat): their decoded, validated
 # arguments are kept by body, so a repeat skips MessagePack and validation. Only payloads of
@@ -84,7 +85,7 @@ class Parked:
     """A call waiting in the core for its keys to be woken or its deadline to pass."""
 
     __slots__ = ("seq", "action", "handler", "args", "conn", "conv_id", "agent_id", "keys", "timer", "done",
-                 "on_timeout", "durable")
+                 "on_timeout", "durable", "deadline", "task")
 
     def __init__(self, seq: int, action: str, handler: Callable, args: dict, conn: Connection, conv_id: int,
                  agent_id: str | None, park: Park, durable: bool) -> None:
@@ -100,6 +101,8 @@ class Parked:
         self.timer: Any = None
         self.done = False
         self.durable = durable
+        self.deadline = park.deadline  # the wait's own deadline: retries never push it later
+        self.task: asyncio.Task | None = None  # an Await's call in flight
 
 
 class Connection(asyncio.Protocol):
@@ -238,6 +241,12 @@ class Core:
         self.timers = self.state.timers
         self.timers.on_change = self._arm_timer
         self.stats = self.state.daemon.stats  # type: ignore[attr-defined]
+        self.team: Any = None  # TeamLink when a team is configured
+        if config.team_servers:  # team mode: nats-py is imported only then (docs/team.md)
+            from pdcore.team import TeamLink
+
+            self.team = self.state.team_link = TeamLink(config, self.state, self.loop, self._after_state_change)
+            self.state.notify("on_team_link", self.team)
         self._arbiter = self.state.arbiter  # type: ignore[attr-defined]
         self._entries: dict[str, _Entry] = {}
         self._ff_cache: dict[bytes, tuple] = {}
@@ -279,6 +288,8 @@ class Core:
             self.shm = ShmWriter(self.config.shm_path, self.config.shm_slots)
             self._publish_shm()
         self._arm_timer()
+        if self.team is not None:
+            self.team.start()
         for path, public in ((self.config.ipc, True), (self.config.core_sock, False)):
             remove_stale_socket(Path(path))
             old_umask = os.umask(0o177)
@@ -301,6 +312,8 @@ class Core:
             if conn.transport is not None:
                 conn.transport.close()
         self.state.notify("on_shutdown")  # e.g. persist the freshest heartbeats
+        if self.team is not None:
+            await self.team.close()
         self.store.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for path in (self.config.ipc, self.config.core_sock, self.config.shm_path):
@@ -537,6 +550,14 @@ class Core:
                     self._park(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
                 else:
                     conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(action, refused)))
+        elif result.__class__ is Await:
+            refused = self._park_refusal(conn) if conv_id else None
+            if refused is None:
+                self._await(conn, conv_id, action, entry.handler, args, agent_id, result, entry.durable)
+            else:
+                if hasattr(result.call, "close"):
+                    result.call.close()  # a coroutine never awaited: nothing was sent to the team
+                conn.send(P.encode_body(P.REFUSE, conv_id, _reply_error(action, refused)))
         elif conv_id:
             conn.send(P.encode_body(P.INFORM_DONE, conv_id, _pack({"action": action, "result": result})))
         if self.state.pending_wakes:
@@ -607,10 +628,107 @@ class Core:
         self.stats["parked"] += 1
         self.parked_now += 1
 
+    def _await(self, conn: Connection, conv_id: int, action: str, handler: Callable, args: dict,
+               agent_id: str | None, pending: Await, durable: bool) -> None:
+        """Park a call on an asynchronous call (a fire-and-forget one runs it and drops the answer)."""
+        self._park_seq += 1
+        parked = Parked(self._park_seq, action, handler, args, conn, conv_id, agent_id,
+                        Park((), _NO_DEADLINE, pending.on_timeout), durable)  # a Park later sets the wait's
+        if conv_id:
+            old = conn.parked.get(conv_id)
+            if old is not None:
+                self._finish_parked(old)
+            conn.parked[conv_id] = parked
+        self.stats["parked"] += 1
+        self.parked_now += 1
+        self._start_await(parked, pending)
+
+    def _start_await(self, parked: Parked, pending: Await) -> None:
+        """Run `pending.call`; its outcome settles the parked call unless the deadline came first."""
+        self._unwait(parked)
+        parked.on_timeout = pending.on_timeout
+        parked.timer = self.timers.add(pending.deadline, self._park_timeout, parked)
+        task = parked.task = self.loop.create_task(pending.call)
+        task.add_done_callback(lambda t: self._awaited(parked, t, pending.then))
+
+    def _awaited(self, parked: Parked, task: asyncio.Task, then: Callable[[Any], Any] | None) -> None:
+        if parked.done or task.cancelled():
+            return
+        parked.task = None
+        try:
+            result = task.result()
+            if then is not None:
+                result = self._run_then(then, result, parked.durable)
+        except OpError as err:
+            self._answer_error(parked, err)
+        except Exception:
+            log.exception("event=op.crash action=%s await=1", parked.action)
+            self._answer_error(parked, OpError("internal", f"{parked.action} failed inside the daemon; see daemon.log"))
+        else:
+            self._settle(parked, result)
+        self._after_state_change()
+
+    def _run_then(self, then: Callable[[Any], Any], value: Any, durable: bool) -> Any:
+        """An Await's continuation, under its own savepoint when the op is durable (like a handler)."""
+        if not durable:
+            return then(value)
+        store = self.store
+        store.begin_op()
+        try:
+            result = then(value)
+        except BaseException:
+            store.abort_op()
+            raise
+        store.end_op()
+        return result
+
+    def _settle(self, parked: Parked, result: Any) -> None:
+        """Put a parked call where its latest outcome says: waiting on keys, awaiting a call, or answered."""
+        if result.__class__ is Await:
+            self._start_await(parked, result)
+        elif result.__class__ is Park:
+            self._unwait(parked)
+            parked.deadline = min(parked.deadline, result.deadline)
+            parked.on_timeout = result.on_timeout
+            if parked.deadline <= int(time.time() * 1000) or not parked.conv_id:
+                self._park_timeout(parked)
+                return
+            parked.keys = tuple(result.keys)
+            for key in parked.keys:
+                self.waiting.setdefault(key, {})[parked] = None
+            parked.timer = self.timers.add(parked.deadline, self._park_timeout, parked)
+        else:
+            self._finish_parked(parked)
+            if parked.conv_id:
+                parked.conn.send(P.encode_body(P.INFORM_DONE, parked.conv_id,
+                                               _pack({"action": parked.action, "result": result})))
+
+    def _answer_error(self, parked: Parked, err: OpError) -> None:
+        self._finish_parked(parked)
+        if parked.conv_id:
+            type_ = P.FAILURE if err.status >= 500 else P.REFUSE
+            parked.conn.send(P.encode_body(type_, parked.conv_id, _reply_error(parked.action, err)))
+
+    def _unwait(self, parked: Parked) -> None:
+        """Take a parked call off its keys and its timer (before it waits on something else)."""
+        if parked.timer is not None:
+            parked.timer.cancel()
+            parked.timer = None
+        for key in parked.keys:
+            waiters = self.waiting.get(key)
+            if waiters is not None:
+                waiters.pop(parked, None)
+                if not waiters:
+                    del self.waiting[key]
+        parked.keys = ()
+
     def _finish_parked(self, parked: Parked) -> None:
         if not parked.done:
             self.parked_now -= 1
         parked.done = True
+        if parked.task is not None:
+            parked.task.cancel()  # the caller is answered (or gone): its outcome no longer matters
+            parked.task = None
         if parked.timer is not None:
             parked.timer.cancel()
         for key in parked.keys:
@@ -628,8 +746,11 @@ class Core:
         parked.timer = None
         self._finish_parked(parked)
         outcome = parked.on_timeout
+        if not parked.conv_id:
+            return
         if isinstance(outcome, OpError):
-            parked.conn.send(P.encode_body(P.REFUSE, parked.conv_id, _reply_error(parked.action, outcome)))
+            type_ = P.FAILURE if outcome.status >= 500 else P.REFUSE
+            parked.conn.send(P.encode_body(type_, parked.conv_id, _reply_error(parked.action, outcome)))
         else:
             parked.conn.send(P.encode_body(P.INFORM_DONE, parked.conv_id,
                                            _pack({"action": parked.action, "result": outcome})))
@@ -678,8 +799,7 @@ class Core:
         try:
             result = self._run(parked.handler, ctx, parked.args, parked.durable)
         except OpError as err:
-            self._finish_parked(parked)
-            parked.conn.send(P.encode_body(P.REFUSE, parked.conv_id, _reply_error(parked.action, err)))
+            self._answer_error(parked, err)
             return
         except Exception:
             log.exception("event=op.crash action=%s retry=1", parked.action)
@@ -688,6 +808,9 @@ class Core:
             parked.conn.send(P.encode_body(P.FAILURE, parked.conv_id, _reply_error(parked.action, err)))
             return
         if result.__class__ is Park:
+            return
+        if result.__class__ is Await:
+            self._start_await(parked, result)
             return
         self._finish_parked(parked)
         parked.conn.send(P.encode_body(P.INFORM_DONE, parked.conv_id,

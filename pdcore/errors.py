@@ -37,6 +37,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "too_many_patterns": 429,  # a SUBSCRIBE past a subscribe_*patterns* cap (nothing of it applied)
     "internal": 500,
     "unavailable": 503,
+    "team_unavailable": 503,  # team mode: NATS/JetStream did not acknowledge in team_op_timeout_ms (docs/team.md)
     # issue 3: agents, sessions, notes, salvage
     "session_active": 409,  # the agent already has an active session (use force, or end it)
     "session_ended": 409,  # the session is completed or abandoned: no more notes, claims or phases

@@ -212,7 +212,40 @@ def _doctor_checks() -> list[dict]:
             add("daemon", True, "answers over IPC")
         except OpError as exc:
             add("daemon", False, exc.message, f"see {config.log_path}: {log_tail(config, 1)}")
+    if config.team_servers:
+        _doctor_team(config, live, add)
     return checks
+
+
+def _doctor_team(config: Config, live: int | None, add: Callable[..., None]) -> None:
+    """Team mode: the files the team section names, and the running daemon's link to NATS."""
+    for key in ("team_creds", "team_tls_ca", "team_key_file"):
+        path = getattr(config, key)
+        if path is not None and not Path(path).is_file():
+            add(f"team {key[5:]}", False, f"{path} is missing", f"fix team.{key[5:]} in config.yaml or pd team join again")
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        add("team", False, "team mode is configured but nats-py is not installed", "pip install 'port-daddy[team]'")
+        return
+    if not live:
+        add("team", True, f"space {config.team_space} on {', '.join(config.team_servers)} (daemon not running)")
+        return
+    try:
+        with Client(config, timeout=30.0, connect_retry_s=0) as c:
+            st = c.call("team.status")
+    except OpError as exc:
+        add("team", False, exc.message, "pd team status")
+        return
+    bad = [s["name"] for s in st.get("streams", []) if not s.get("ok")]
+    if not (st.get("connected") and st.get("ready")):
+        add("team", False, f"space {config.team_space}: not connected ({st.get('lastError') or 'connecting'})",
+            f"check that {', '.join(config.team_servers)} runs nats-server -js and is reachable; pd team status")
+    elif bad:
+        add("team", False, f"space {config.team_space}: degraded buckets/streams: {', '.join(bad)}", "pd team status")
+    else:
+        add("team", True, f"space {config.team_space} on {st.get('server')}, rtt {st.get('rttMs')} ms, "
+                          f"{sum(1 for h in st.get('hosts', []) if h.get('alive'))} hosts alive")
 
 
 def _doctor_state(config: Config, add: Callable[..., None]) -> None:

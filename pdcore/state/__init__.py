@@ -7,9 +7,9 @@ pay for the database.
 
 from typing import Any
 
-from pdcore.state.base import Ctx, Park, Primitive
+from pdcore.state.base import Await, Ctx, Park, Primitive
 
-__all__ = ["Ctx", "Park", "Primitive", "State"]
+__all__ = ["Await", "Ctx", "Park", "Primitive", "State"]
 
 
 def __getattr__(name: str) -> Any:

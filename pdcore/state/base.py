@@ -6,6 +6,7 @@ Handlers are plain code over in-memory state: no sockets, no awaiting. Time come
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,24 @@ class Park:
     keys: tuple
     deadline: int
     on_timeout: Any = field(default_factory=dict)
+
+
+@dataclass
+class Await:
+    """Returned by a handler whose answer comes from an asynchronous call (a team op that
+    JetStream must acknowledge). Handlers still never await: they hand the call to the core.
+
+    The core parks the call, runs `call` (a coroutine) on its loop and, when it resolves, calls
+    `then(result)` on the core's thread (no `then`: the result is the answer). `then` answers
+    like a handler: a result dict, a `Park` (wait on keys; a wake retries the handler), another
+    `Await`, or it raises OpError. An OpError raised by `call` is the answer. If `deadline`
+    (epoch ms) passes first, the caller gets `on_timeout` and the outcome is ignored.
+    """
+
+    call: Awaitable[Any]
+    deadline: int
+    then: Callable[[Any], Any] | None = None
+    on_timeout: Any = None
 
 
 class Primitive:

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Any
 
 from pdcore.errors import OpError
-from pdcore.state.base import Ctx, Park, Primitive
+from pdcore.state.base import Await, Ctx, Park, Primitive
 from pdcore.state.sequence import BlockSequence
 from pdcore.timers import Timer
 
@@ -70,6 +70,15 @@ class Locks(Primitive):
         self.by_conn: dict[Any, set[str]] = {}
         self.fences = BlockSequence(self.store, "lock.fence")
         self.recently_expired: OrderedDict[str, str] = OrderedDict()  # name -> owner
+        self.team: Any = None  # TeamLocks in team mode: the operations go to the team's bucket
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): every lock operation goes to the space's `locks` bucket."""
+        from pdcore.team.locks import TeamLocks
+
+        self.team = TeamLocks(self, link)
+
+    wake_key = staticmethod(lock_key)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, now: int) -> None:
@@ -91,7 +100,7 @@ class Locks(Primitive):
         return {"locks": len(self.locks)}
 
     # -- helpers ---------------------------------------------------------------------------
-    def _ttl(self, ttl: int | None) -> int:
+    def ttl(self, ttl: int | None) -> int:
         """0, negative or absent means the default; anything above the cap is the cap."""
         cfg = self.config
         if ttl is None or ttl <= 0:
@@ -170,14 +179,16 @@ class Locks(Primitive):
 
     # -- operations ------------------------------------------------------------------------
     def acquire(self, ctx: Ctx, name: str, owner: str | None = None, ttl: int | None = None,
-                wait: int | None = None, metadata: dict | None = None, renew: bool = False) -> dict | Park:
+                wait: int | None = None, metadata: dict | None = None, renew: bool = False) -> dict | Park | Await:
         """Take the lock; park up to `wait` ms when held. Not re-entrant: a holder asking again is
         refused like anyone else (3.7), unless `renew`, which renews its lock in place."""
         owner = self._owner(ctx, owner)
         if wait is not None and wait > self.config.lock_wait_max_ms:
             raise OpError("invalid_argument", f"wait must be <= {self.config.lock_wait_max_ms} ms", "wait")
+        if self.team is not None:
+            return self.team.acquire(ctx, name, owner, ttl, wait, metadata, renew)
         conn_id = ctx.conn.id if ctx.conn is not None and ttl is None else None
-        expires_at = None if conn_id is not None else ctx.now + self._ttl(ttl)
+        expires_at = None if conn_id is not None else ctx.now + self.ttl(ttl)
         lock = self._live(name, ctx.now)
         if lock is not None and (lock.owner != owner or not renew):
             if wait and lock.owner != owner:
@@ -235,9 +246,11 @@ class Locks(Primitive):
         }
 
     def extend(self, ctx: Ctx, name: str, owner: str | None = None, ttl: int | None = None,
-               fence: int | None = None) -> dict:
+               fence: int | None = None) -> dict | Await:
         """Push the deadline of a held lock to now + ttl; refused once it has expired or changed hands."""
         owner = self._owner(ctx, owner)
+        if self.team is not None:
+            return self.team.extend(ctx, name, owner, ttl, fence)
         lock = self._live(name, ctx.now)
         if lock is None:
             if self.recently_expired.get(name) == owner:
@@ -246,15 +259,18 @@ class Locks(Primitive):
         if lock.owner != owner or (fence is not None and fence != lock.fence):
             raise OpError("not_owner", f"lock {name} is held by {lock.owner} (fence {lock.fence}), not by you",
                           "owner", holder=lock.owner, fence=lock.fence)
-        lock.expires_at = ctx.now + self._ttl(ttl)
+        lock.expires_at = ctx.now + self.ttl(ttl)
         self._save(lock)
         self._arm(lock)
         return {"name": name, "owner": owner, "fence": lock.fence, "expiresAt": lock.expires_at,
                 "message": f"extended lock: {name}"}
 
     def release(self, ctx: Ctx, name: str, owner: str | None = None, force: bool | None = False,
-                fence: int | None = None) -> dict:
+                fence: int | None = None) -> dict | Await:
         """Free the lock; only its owner may (and only at its fence, when given), unless `force`."""
+        if self.team is not None:
+            return self.team.release(ctx, name, None if force else self._owner(ctx, owner, "release"), bool(force),
+                                     fence)
         lock = self._live(name, ctx.now)
         if lock is None:
             return {"released": False, "name": name, "message": f"lock {name} is not held"}
@@ -268,13 +284,17 @@ class Locks(Primitive):
         self._drop(ctx, lock, "forced" if force and lock.owner != owner else "released")
         return {"released": True, "name": name, "fence": lock.fence, "message": f"released lock: {name}"}
 
-    def get(self, ctx: Ctx, name: str) -> dict:
+    def get(self, ctx: Ctx, name: str) -> dict | Await:
+        if self.team is not None:
+            return self.team.get(ctx, name)
         lock = self._live(name, ctx.now)
         if lock is None:
             return {"held": False, "name": name}
         return {"held": True, **lock.to_dict()}
 
     def list(self, ctx: Ctx, owner: str | None = None) -> dict:
+        if self.team is not None:
+            return self.team.list(ctx, owner)
         found = [lk for lk in list(self.locks.values()) if owner is None or lk.owner == owner]
         found = [lk for lk in found if self._live(lk.name, ctx.now) is not None]
         found.sort(key=lambda lk: lk.acquired_at, reverse=True)
@@ -283,6 +303,8 @@ class Locks(Primitive):
     # -- hooks and deadlines ---------------------------------------------------------------
     def on_connection_closed(self, conn_id: Any) -> None:
         """Release every lock bound to a closed IPC connection (like an ephemeral node)."""
+        if self.team is not None:
+            self.team.connection_closed(conn_id)
         names = self.by_conn.pop(conn_id, None)
         if not names:
             return
@@ -298,13 +320,16 @@ class Locks(Primitive):
 
     def release_agent(self, ctx: Ctx, agent_id: str, reason: str) -> list[str]:
         """Free every lock `agent_id` owns or took (its session ended, or it died); their names."""
+        in_team = self.team.release_owner(agent_id, agent_id) if self.team is not None else []
         gone = [lk for lk in self.locks.values() if lk.owner == agent_id or lk.agent_id == agent_id]
         for lock in gone:
             self._drop(ctx, lock, reason)
-        return [lk.name for lk in gone]
+        return in_team + [lk.name for lk in gone]
 
     def release_owner(self, ctx: Ctx, owner: str) -> list[str]:
         """Free every lock held by `owner`; returns their names (for other primitives)."""
+        if self.team is not None:
+            return self.team.release_owner(owner)
         gone = [lk for lk in self.locks.values() if lk.owner == owner]
         for lock in gone:
             self._drop(ctx, lock, "released")

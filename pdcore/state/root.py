@@ -50,6 +50,7 @@ class State:
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.started_at = self.clock()
         self.pending_wakes: list[Any] = []
+        self.team_link: Any = None  # the core's TeamLink (pdcore.team) when a team is configured; None: local mode
         self.primitives: dict[str, Primitive] = {}
         for cls in primitive_classes():
             inst = cls(self)

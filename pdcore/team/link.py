@@ -1,0 +1,355 @@
+"""The core's link to the team's NATS server: nats-py on the core's own uvloop loop.
+
+The link connects in the background and reconnects by itself (forever, every
+`team_reconnect_wait_ms`); it creates or opens the space's buckets and streams on every
+(re)connect, keeps one watch per bucket that asked for it, and writes this host's heartbeat.
+
+How a primitive plugs in (see docs/team.md, "Adding a shared primitive"):
+
+- declare its bucket or stream in `pdcore/team/space.py` (join and the link create it);
+- define `on_team_link(link)` on the primitive: the core calls it once, before the link
+  connects; keep `link`, and call `link.watch(short, on_change)` to follow a bucket:
+  `on_change(key, revision, value | None)` runs on the core's thread for the latest value of
+  every key, then every change (None: deleted, purged or expired); call `root.wake(key)` there
+  to retry the calls parked on it;
+- in a handler, return `link.call(fn, *args, then=...)`: `fn(*args)` is a coroutine doing the
+  JetStream work (`link.js`, `link.buckets[short]`); the call is parked in the core until it
+  resolves, then `then(result)` runs on the core's thread and answers like a handler (dict,
+  Park, another Await, or OpError). When NATS is unreachable the call fails at once, and one
+  not acknowledged within `team_op_timeout_ms` fails, with `team_unavailable`: never a local
+  answer. `link.spawn(fn, *args)` runs one nobody waits for (a release on disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from pdcore import __version__
+from pdcore.config import Config
+from pdcore.errors import OpError
+from pdcore.state.base import Await
+from pdcore.team.space import BUCKETS, HOSTS, STREAMS, bucket_name, open_space, stream_name
+
+log = logging.getLogger("pd.team")
+
+KV_MARKER_REASON = "Nats-Marker-Reason"
+KV_OPERATION = "KV-Operation"
+
+
+def team_unavailable(why: str) -> OpError:
+    return OpError("team_unavailable", f"the team's NATS server is not reachable or did not acknowledge ({why}); "
+                                       "team operations fail until it is back (pd team status)")
+
+
+def host_id(config: Config) -> str:
+    """This host's id in the team: the setting, else one made from the hostname once and kept in the home."""
+    if config.team_host_id:
+        return config.team_host_id
+    path = config.home / "team.host"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    base = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+    made = f"{base}-{secrets.token_hex(3)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(made + "\n")
+    return made
+
+
+def ttl_seconds(ms: int) -> int:
+    """A server-side TTL: whole seconds (what JetStream takes), at least 1."""
+    return max(1, math.ceil(ms / 1000))
+
+
+def connect_options(config: Config) -> dict[str, Any]:
+    """nats.connect() arguments for the team settings (also used by `pd team join`)."""
+    opts: dict[str, Any] = {
+        "servers": list(config.team_servers),
+        "connect_timeout": max(1, math.ceil(config.team_connect_timeout_ms / 1000)),
+        "reconnect_time_wait": config.team_reconnect_wait_ms / 1000,
+        "name": f"port-daddy {config.team_space}",
+    }
+    if config.team_creds:
+        opts["user_credentials"] = str(config.team_creds)
+    if config.team_user:
+        opts["user"] = config.team_user
+        opts["password"] = config.team_password
+    if config.team_tls_ca or any(u.startswith("tls://") for u in config.team_servers):
+        ctx = ssl.create_default_context(cafile=str(config.team_tls_ca) if config.team_tls_ca else None)
+        opts["tls"] = ctx
+    return opts
+
+
+class TeamLink:
+    """The core's connection to the team; see the module doc."""
+
+    def __init__(self, config: Config, root: Any, loop: asyncio.AbstractEventLoop,
+                 after_change: Callable[[], None]) -> None:
+        self.config = config
+        self.root = root
+        self.loop = loop
+        self.after_change = after_change  # the core's "process wakes, schedule the commit"
+        self.space = config.team_space
+        self.host_id = host_id(config)
+        self.nc: Any = None
+        self.js: Any = None
+        self.ready = False  # connected, and the space's buckets and streams are open
+        self.buckets: dict[str, Any] = {}  # short name -> nats KeyValue (space.BUCKETS)
+        self.watchers: dict[str, Callable[[str, int, bytes | None], None]] = {}  # short name -> on_change
+        self.hosts: dict[str, dict] = {}  # host id -> its last heartbeat record
+        self.last_error: str | None = None
+        self.last_error_at: int | None = None
+        self.connected_at: int | None = None
+        self.disconnected_at: int | None = None
+        self.reconnects = 0
+        self.on_down: list[Callable[[], None]] = []  # called on the core's thread when the link goes down
+        self._watches: list[Any] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._main: asyncio.Task | None = None
+        self._beat: asyncio.Task | None = None
+        self._setup_lock = asyncio.Lock()
+        self.watch(HOSTS.short, self._host_changed)
+
+    # -- registration (primitives, in on_team_link) ---------------------------------------------
+    def watch(self, short: str, on_change: Callable[[str, int, bytes | None], None]) -> None:
+        """Call `on_change(key, revision, value | None)` on the core's thread for every change of
+        bucket `short` (one of space.BUCKETS), starting with the latest value of every key."""
+        if not any(b.short == short for b in BUCKETS):
+            raise ValueError(f"bucket {short!r} is not declared in pdcore.team.space.BUCKETS")
+        self.watchers[short] = on_change
+
+    def subject(self, short: str, *tokens: str) -> str:
+        """A subject of stream `short` (one of space.STREAMS): pd.<space>.<short>.<tokens...>."""
+        return ".".join((f"pd.{self.space}.{short}", *tokens))
+
+    # -- calls from handlers ----------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        return self.ready and self.nc is not None and self.nc.is_connected
+
+    def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, then: Callable[[Any], Any] | None = None,
+             now: int | None = None) -> Await:
+        """Park the caller on `fn(*args)` (JetStream work); raise team_unavailable at once when NATS is away."""
+        if not self.available:
+            raise team_unavailable(self.last_error or "not connected")
+        now = int(time.time() * 1000) if now is None else now
+        timeout_ms = self.config.team_op_timeout_ms
+        return Await(self._guard(fn(*args)), now + timeout_ms + 250, then,
+                     team_unavailable(f"no answer in {timeout_ms} ms"))
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run `fn(*args)` in the background (a release nobody waits for); failures are logged."""
+        if not self.available:
+            log.warning("event=team.dropped what=%s reason=unavailable", getattr(fn, "__name__", fn))
+            return
+        task = self.loop.create_task(self._guard(fn(*args)))
+        self._tasks.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("event=team.background_failed error=%s", task.exception())
+        self.after_change()
+
+    async def _guard(self, call: Awaitable[Any]) -> Any:
+        """Bound a JetStream call by team_op_timeout_ms; any NATS failure becomes team_unavailable."""
+        try:
+            return await asyncio.wait_for(call, self.config.team_op_timeout_ms / 1000)
+        except OpError:
+            raise
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise team_unavailable(self._failed("timeout")) from None
+        except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            raise team_unavailable(self._failed(f"{type(exc).__name__}: {exc}".strip(": "))) from None
+
+    def _failed(self, why: str) -> str:
+        self.last_error = why
+        self.last_error_at = int(time.time() * 1000)
+        return why
+
+    # -- connection -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._main = self.loop.create_task(self._connect())
+
+    async def close(self) -> None:
+        for task in (self._main, self._beat, *self._tasks):
+            if task is not None:
+                task.cancel()
+        if self.nc is not None:
+            try:
+                await asyncio.wait_for(self.nc.close(), 2)
+            except Exception:  # noqa: BLE001 - closing on the way out
+                pass
+
+    async def _connect(self) -> None:
+        """Connect (retrying forever), then open the space. nats-py reconnects by itself after that."""
+        opts = connect_options(self.config)
+        while True:
+            try:
+                self.nc = await nats.connect(
+                    **opts, allow_reconnect=True, max_reconnect_attempts=-1,
+                    error_cb=self._on_error, disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected)
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure: say why, retry
+                self._failed(f"connect: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(self.config.team_reconnect_wait_ms / 1000)
+        self.js = self.nc.jetstream(timeout=self.config.team_op_timeout_ms / 1000)
+        self.connected_at = int(time.time() * 1000)
+        await self._open_space()
+        self._beat = self.loop.create_task(self._heartbeats())
+
+    async def _open_space(self) -> None:
+        """Create or open the space's buckets and streams, and (re)start their watches; retried until done."""
+        async with self._setup_lock:
+            self.ready = False
+            while self.nc is not None and not self.nc.is_closed:
+                try:
+                    for sub in self._watches:
+                        try:
+                            await sub.unsubscribe()
+                        except Exception:  # noqa: BLE001 - the old watch may be gone with the old connection
+                            pass
+                    self._watches = []
+                    self.buckets = await open_space(self.js, self.space, self.config.team_replicas)
+                    for short, on_change in self.watchers.items():
+                        self._watches.append(await self._watch(short, on_change))
+                    self.ready = True
+                    log.info("event=team.ready space=%s host=%s server=%s", self.space, self.host_id,
+                             self._server_url())
+                    self.after_change()
+                    return
+                except Exception as exc:  # noqa: BLE001 - JetStream not ready yet (cluster electing): retry
+                    self._failed(f"opening space {self.space}: {type(exc).__name__}: {exc}")
+                    log.warning("event=team.open_failed error=%s", self.last_error)
+                    await asyncio.sleep(self.config.team_reconnect_wait_ms / 1000)
+
+    async def _watch(self, short: str, on_change: Callable[[str, int, bytes | None], None]) -> Any:
+        """An ordered consumer over the bucket: the latest of every key, then every change."""
+        bucket = bucket_name(self.space, short)
+        prefix = f"$KV.{bucket}."
+
+        async def deliver(msg: Any) -> None:
+            headers = msg.headers or {}
+            gone = KV_OPERATION in headers or KV_MARKER_REASON in headers
+            try:
+                on_change(msg.subject[len(prefix):], msg.metadata.sequence.stream, None if gone else msg.data)
+            except Exception:
+                log.exception("event=team.watch_crash bucket=%s", bucket)
+            self.after_change()
+
+        return await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
+                                       deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                                       inactive_threshold=300)
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._failed(f"{type(exc).__name__}: {exc}")
+
+    async def _on_disconnected(self) -> None:
+        self.ready = False
+        self.disconnected_at = int(time.time() * 1000)
+        log.warning("event=team.disconnected error=%s", self.last_error)
+        for fn in self.on_down:  # e.g. parked lock waiters: they retry now and fail with team_unavailable
+            fn()
+        self.after_change()
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        self.connected_at = int(time.time() * 1000)
+        log.info("event=team.reconnected server=%s", self._server_url())
+        self.loop.create_task(self._open_space())
+
+    def _server_url(self) -> str | None:
+        url = self.nc.connected_url if self.nc is not None else None
+        return f"{url.scheme}://{url.hostname}:{url.port}" if url is not None else None
+
+    # -- heartbeats --------------------------------------------------------------------------------
+    async def _heartbeats(self) -> None:
+        """Write this host's heartbeat into the hosts bucket; it expires on the server after the host timeout."""
+        subject = f"$KV.{bucket_name(self.space, HOSTS.short)}.{self.host_id}"
+        ttl = ttl_seconds(self.config.team_host_timeout_ms)
+        while True:
+            if self.available:
+                record = {"host": self.host_id, "hostname": socket.gethostname(), "pid": os.getpid(),
+                          "version": __version__, "ts": int(time.time() * 1000)}
+                try:
+                    await asyncio.wait_for(self.js.publish(subject, json.dumps(record).encode(), msg_ttl=ttl),
+                                           self.config.team_op_timeout_ms / 1000)
+                except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                    self._failed(f"heartbeat: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.config.team_heartbeat_ms / 1000)
+
+    def _host_changed(self, key: str, revision: int, value: bytes | None) -> None:
+        if value is None:
+            self.hosts.pop(key, None)
+            return
+        try:
+            self.hosts[key] = json.loads(value)
+        except ValueError:
+            log.warning("event=team.bad_heartbeat host=%s", key)
+
+    def hosts_seen(self, now: int) -> list[dict]:
+        timeout = self.config.team_host_timeout_ms
+        return [{**h, "alive": now - int(h.get("ts", 0)) < timeout, "self": k == self.host_id}
+                for k, h in sorted(self.hosts.items())]
+
+    # -- status ------------------------------------------------------------------------------------
+    async def status(self) -> dict:
+        """What `pd team status` shows: the server, its RTT, the space, each bucket/stream, hosts, last error."""
+        now = int(time.time() * 1000)
+        out: dict[str, Any] = {
+            "configured": True, "space": self.space, "hostId": self.host_id, "servers": self.config.team_servers,
+            "replicas": self.config.team_replicas, "connected": bool(self.nc is not None and self.nc.is_connected),
+            "ready": self.ready, "server": None, "serverVersion": None, "rttMs": None,
+            "connectedAt": self.connected_at, "disconnectedAt": self.disconnected_at, "reconnects": self.reconnects,
+            "lastError": self.last_error, "lastErrorAt": self.last_error_at, "streams": [],
+            "hosts": self.hosts_seen(now),
+        }
+        if not out["connected"]:
+            return out
+        out["server"] = self._server_url()
+        out["serverVersion"] = (self.nc._server_info or {}).get("version")
+        timeout = self.config.team_op_timeout_ms / 1000
+        try:
+            out["rttMs"] = round(await asyncio.wait_for(self.nc.rtt(), timeout) * 1000, 3)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            out["lastError"] = self._failed(f"rtt: {type(exc).__name__}")
+        names = [(f"KV_{bucket_name(self.space, b.short)}", "bucket", b.short) for b in BUCKETS] + \
+                [(stream_name(self.space, st.short), "stream", st.short) for st in STREAMS]
+        for stream, kind, short in names:
+            out["streams"].append(await self._stream_health(stream, kind, short, timeout))
+        return out
+
+    async def _stream_health(self, stream: str, kind: str, short: str, timeout: float) -> dict:
+        row: dict[str, Any] = {"name": short, "kind": kind, "stream": stream, "ok": False}
+        try:
+            info = await asyncio.wait_for(self.js.stream_info(stream), timeout)
+        except Exception as exc:  # noqa: BLE001 - a missing or unreachable stream is a finding
+            row["error"] = f"{type(exc).__name__}: {exc}".strip(": ")
+            return row
+        cluster = info.cluster
+        peers = [{"name": p.name, "current": p.current, "offline": bool(p.offline), "lag": p.lag or 0}
+                 for p in (cluster.replicas or [])] if cluster else []
+        row.update(ok=all(p["current"] and not p["offline"] for p in peers), messages=info.state.messages,
+                   bytes=info.state.bytes, replicas=info.config.num_replicas,
+                   leader=cluster.leader if cluster else None, peers=peers)
+        return row

@@ -14,23 +14,7 @@ from pdcore.core import Connection, Core, _Entry
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
 from pdcore.state import Await, Park
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def set_write_buffer_limits(self, high: int) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
+from tests.unit.fakes import FakeTransport
 
 
 @pytest.fixture

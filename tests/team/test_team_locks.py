@@ -32,15 +32,19 @@ def _churn(daemons, name: str, acquirers: int, rounds: int, deadline_s: float, r
         owner = f"acq-{i}"
         try:
             for _ in range(rounds):
+                renew = False
                 while True:  # a call that met team_unavailable (a node dying) is repeated, as a client would
                     if time.monotonic() > stop_at:
                         raise AssertionError("churn ran out of time")
                     try:
-                        got = client.call("lock.acquire", name=name, owner=owner, ttl=30_000, wait=60_000)
+                        # a repeat renews: the first try may have been applied with its answer lost
+                        got = client.call("lock.acquire", name=name, owner=owner, ttl=30_000, wait=60_000,
+                                          renew=renew)
                         break
                     except OpError as exc:
                         if not (retry_unavailable and exc.code == "team_unavailable"):
                             raise
+                        renew = True
                         time.sleep(0.05)
                 t0 = time.monotonic()
                 with guard:
@@ -116,7 +120,10 @@ def test_fences_grow_across_hosts_and_a_vanished_holder_frees_by_ttl(nats_server
     with pytest.raises(OpError) as stale:
         cb.call("lock.release", name="job", owner="A", fence=first["fence"])
     assert stale.value.code == "not_owner"
-    renewed = cb.call("lock.acquire", name="job", owner="B", ttl=5000)
+    with pytest.raises(OpError) as again:  # not re-entrant: its holder asking again is refused (3.7)
+        cb.call("lock.acquire", name="job", owner="B", ttl=5000)
+    assert again.value.code == "lock_held"
+    renewed = cb.call("lock.acquire", name="job", owner="B", ttl=5000, renew=True)
     assert renewed["renewed"] and renewed["fence"] == second["fence"]
     extended = cb.call("lock.extend", name="job", owner="B", ttl=8000)
     assert extended["fence"] == second["fence"]

@@ -31,10 +31,10 @@ from pdcore.ops import CATALOGUE
 from pdcore.shm import ShmFirst
 from workers.corelink import CoreClient
 from workers.guard import TICKET_PATH, Gate
+from workers.limits import Limits
 from workers.metrics import metrics_renderer
 from workers.openapi import SSE_PATH, build_spec
 from workers.routes import Core, OpResource, build_resources, dumps, router_template
-from workers.limits import Limits
 from workers.sse import ChannelEvents, StreamSource
 
 log = logging.getLogger("pd.http")

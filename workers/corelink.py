@@ -34,14 +34,14 @@ DEFAULT_REPLY_TIMEOUT_S = 30.0
 PARKED_GRACE_S = 10.0  # added to a request's own `wait`/`timeout` so the core answers first
 _MAX_REPLY = 1 << 28  # the core is a trusted peer; this only bounds a runaway reply
 _STREAM_INFORMS = ("msg.delivery", "msg.dropped")  # what the core pushes to a subscribed stream
-STREAM_BUFFER = 256  # deliveries a stream holds before it stops reading from the core (see CoreStream)
+STREAM_BUFFER = 64 * 1024  # bytes of deliveries a stream holds before it stops reading from the core (see CoreStream)
 
 _START_HINT = "start it with `pd start`"
 
 
-def core_unavailable(path: Path | str, why: str) -> OpError:
+def core_unavailable(path: Path | str, why: str, **extra: Any) -> OpError:
     """The error every front door shows when the core is down or not answering."""
-    return OpError("unavailable", f"the Port Daddy core is not reachable at {path} ({why}); {_START_HINT}")
+    return OpError("unavailable", f"the Port Daddy core is not reachable at {path} ({why}); {_START_HINT}", **extra)
 
 
 def _ms(value: Any) -> float:
@@ -227,11 +227,12 @@ class CoreClient:
                 type_, reply = await fut
             except TimeoutError:
                 link.cancel(conv)
+                # replyLost: the core may have applied it; a client repeats a take with its request id
                 raise OpError("unavailable", f"the Port Daddy core did not answer within {wait:g} s; "
-                              "check `pd status` (or restart it with `pd start`)") from None
+                              "check `pd status` (or restart it with `pd start`)", replyLost=True) from None
             except LinkLost as exc:
                 if attempt == 2 or not idempotent:
-                    raise core_unavailable(self.path, f"connection lost: {exc}") from None
+                    raise core_unavailable(self.path, f"connection lost: {exc}", replyLost=True) from None
                 continue
             except asyncio.CancelledError:
                 link.cancel(conv)
@@ -254,7 +255,7 @@ class CoreClient:
 class CoreStream(asyncio.Protocol):
     """A connection of its own that subscribes to channels and yields deliveries.
 
-    Deliveries wait in `pending`; past `STREAM_BUFFER` of them the stream stops reading from
+    Deliveries wait in `pending`; past `STREAM_BUFFER` bytes of them the stream stops reading from
     the core, so a stream whose HTTP client reads slowly backs up into the core, which drops
     that subscriber's deliveries past `subscriber_queue_max` and says so (`msg.dropped`),
     exactly as for any slow IPC subscriber."""
@@ -264,7 +265,8 @@ class CoreStream(asyncio.Protocol):
         self.connect_wait_s = connect_wait_s
         self.transport: asyncio.Transport | None = None
         self.decoder = proto.FrameDecoder(_MAX_REPLY)
-        self.pending: deque[dict] = deque()
+        self.pending: deque[tuple[dict, int]] = deque()  # (delivery, its size in bytes)
+        self.buffered = 0
         self.closed = False
         self._paused = False
         self._answer: asyncio.Future | None = None
@@ -286,8 +288,9 @@ class CoreStream(asyncio.Protocol):
             if conv_id == 1 and self._answer is not None and not self._answer.done():
                 self._answer.set_result((type_, payload))
             elif type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
-                self.pending.append(payload)
-        if len(self.pending) >= STREAM_BUFFER and not self._paused and self.transport is not None:
+                self.pending.append((payload, len(body)))
+                self.buffered += len(body)
+        if self.buffered >= STREAM_BUFFER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
@@ -339,8 +342,9 @@ class CoreStream(asyncio.Protocol):
                 if self.closed:
                     raise ConnectionError("the event stream's core connection is closed")
                 return None
-        delivery = self.pending.popleft()
-        if self._paused and len(self.pending) <= STREAM_BUFFER // 2 and self.transport is not None:
+        delivery, size = self.pending.popleft()
+        self.buffered -= size
+        if self._paused and self.buffered <= STREAM_BUFFER // 2 and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
         return delivery
@@ -349,6 +353,7 @@ class CoreStream(asyncio.Protocol):
         """Close the connection and wake a waiting `next_delivery` (it raises ConnectionError)."""
         self.closed = True
         self.pending.clear()
+        self.buffered = 0
         if self.transport is not None:
             self.transport.close()
         self._wake()

@@ -191,8 +191,6 @@ class Bench:
         settings = dict(WIDE)
         if self.args.http_workers:
             settings["http_workers"] = self.args.http_workers
-        if self.args.http_threads:
-            settings["http_threads"] = self.args.http_threads
         with BenchDaemon(**settings).start(core_only=False) as d:
             if not d.wait_http(20):
                 why = "the HTTP server did not answer GET /health within 20 s"
@@ -214,14 +212,14 @@ class Bench:
                 self.cpu["http"] = meter.stop()
             self.keep_profile(prof)
             after = d.call("daemon.metrics")["counters"]
-            workers = d.config.http_workers, d.config.http_threads
+            workers = d.config.http_workers
         ops = after["ops"] - before["ops"]
         commits = max(1, after["commits"] - before["commits"])
         self.figures["http_ops_per_commit"] = round(ops / commits, 1)
         self.figures.update(http_claim_req_s=round(r.req_per_s), http_claim_p50_ms=round(r.p50_ms or 0, 2),
                             http_claim_p99_ms=round(r.p99_ms or 0, 2), http_non200=r.non200,
                             http_socket_errors=r.socket_errors, http_tool=r.tool)
-        note = (f"{r.tool}, {CONNS} conns, {workers[0]} workers x {workers[1]} threads; p50 {r.p50_ms:.1f} ms, "
+        note = (f"{r.tool}, {CONNS} conns, {workers} ASGI workers; p50 {r.p50_ms:.1f} ms, "
                 f"p99 {r.p99_ms:.1f} ms; {ops / commits:.1f} claims per commit; " + self.cpu_note("http"))
         if r.non200 or r.socket_errors:
             note += f"; {r.non200} non-200, {r.socket_errors} socket errors"
@@ -445,7 +443,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-large", type=int, default=60_000, help="at most ~64k: one service per port")
     ap.add_argument("--samples", type=int, default=5000, help="timed claims per size in part 5")
     ap.add_argument("--http-workers", type=int, default=0, help="PORT_DADDY_HTTP_WORKERS (default: config)")
-    ap.add_argument("--http-threads", type=int, default=0, help="PORT_DADDY_HTTP_THREADS (default: config)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python HTTP load generator even if wrk exists")
     ap.add_argument("--supervisor", action="store_true",
                     help="run IPC parts under the supervisor too (default: the core alone, no HTTP server)")

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     ap.add_argument("--conns", type=int, default=32)
     ap.add_argument("--workers", type=int, default=cfg.http_workers, help="gunicorn workers (default: the daemon's)")
-    ap.add_argument("--threads", type=int, default=cfg.http_threads, help="gthread threads (default: the daemon's)")
+    ap.add_argument("--threads", type=int, default=8, help="gthread threads (the old door's 8)")
     ap.add_argument("--echo", help=argparse.SUPPRESS)  # internal: run the echo server on this path
     args = ap.parse_args(argv)
     if args.echo:

@@ -56,16 +56,19 @@ class Config:
     ipc_strikes: int = 3
     ipc_write_high_water: int = 1024 * 1024
     # HTTP
-    http_workers: int = 2
-    http_threads: int = 8
+    http_workers: int = 2  # gunicorn ASGI worker processes, one event loop and one core connection each
     http_max_body: int = 1024 * 1024
     http_drain_max: int = 8 * 1024 * 1024  # a 413'd body up to this size is read and dropped, so keep-alive survives
-    http_timeout_s: int = 120
+    http_timeout_s: int = 120  # a worker silent this long is restarted; also bounds each wait for a body chunk
     http_graceful_timeout_s: int = 10  # how long a stopping worker finishes in-flight requests
-    http_keepalive_s: int = 5
+    http_keepalive_s: int = 5  # an idle keep-alive connection is closed after this long (and its next request's headers must come within it)
+    http_header_timeout_s: float = 10.0  # a new connection's request headers must arrive within this long, else 408 and close
+    http_body_timeout_s: float = 30.0  # a request's body must arrive within this long after its headers, else close
+    http_max_connections: int = 4096  # open HTTP connections per worker; past it a new one gets 503 and is closed
+    http_max_streams: int = 2000  # open event streams (SSE) per worker, each with a core connection; past it 429
+    http_max_parked: int = 2000  # parked calls (lock waits, long-polls, blocking takes) per worker; past it 429
     http_access_log: bool = False  # access lines go to log_path when on
     http_core_connect_wait_ms: int = 2000  # a worker retries core.sock this long (core restarting) before 503
-    http_max_waiting: int = 0  # per worker: SSE streams + parked ops holding a thread; 0 = http_threads - 2
     sse_keepalive_s: int = 15  # comment line sent on an idle event stream
     dashboard_ticket_ttl_ms: int = 60_000  # a `pd dashboard` link works once, within this long
     dashboard_tickets_max: int = 64  # unused dashboard links kept; the oldest is dropped beyond this
@@ -91,7 +94,6 @@ class Config:
     # messaging
     channel_ring_size: int = 1000
     channel_ring_age_ms: int = 3600 * 1000
-    sse_max_per_client: int = 16
     subscriber_queue_max: int = 1024 * 1024  # bytes buffered for a slow subscriber before drops
     subscribe_patterns_per_connection: int = 10_000  # channel patterns one connection may subscribe to
     subscribe_patterns_max: int = 100_000  # pattern subscriptions across all connections
@@ -225,9 +227,10 @@ _RANGES: dict[str, tuple[int, int]] = {
 # Numbers where 0 makes no sense (a size, an interval, a divisor, a count of workers): > 0.
 _POSITIVE = frozenset({
     "shm_slots", "ipc_max_connections", "ipc_max_message", "ipc_strikes", "ipc_write_high_water",
-    "http_workers", "http_threads", "http_max_body", "sse_keepalive_s", "agent_stale_ms", "agent_dead_ms",
+    "http_workers", "http_max_body", "http_header_timeout_s", "http_body_timeout_s",
+    "http_max_connections", "http_max_streams", "http_max_parked", "sse_keepalive_s", "agent_stale_ms", "agent_dead_ms",
     "reaper_interval_ms", "heartbeat_flush_ms", "note_max_bytes", "notes_list_max", "lock_ttl_default_ms",
-    "lock_ttl_max_ms", "channel_ring_age_ms", "sse_max_per_client", "subscriber_queue_max",
+    "lock_ttl_max_ms", "channel_ring_age_ms", "subscriber_queue_max",
     "pheromone_half_life_ms", "webhook_timeout_s", "webhook_max_attempts", "message_max_bytes",
     "channel_poll_max_ms", "webhook_retry_base_ms", "webhook_retry_max_ms", "tuple_max_bytes",
     "tuple_read_limit_default", "tuple_scan_limit_default", "tuple_limit_max", "pheromone_half_life_overrides",

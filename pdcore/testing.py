@@ -62,6 +62,19 @@ def config_for(env: dict[str, str], home: Path) -> Config:
         os.environ.update(saved)
 
 
+def local_client(app: Any, headers: dict[str, str] | None = None) -> Any:
+    """falcon's TestClient for an in-process HTTP app, whose requests name a loopback Host
+    (the ASGI test scope adds its own Host header, `falconframework.org`, unless told one)."""
+    from falcon import testing
+
+    class LocalClient(testing.TestClient):
+        def simulate_request(self, *args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("host", "localhost")
+            return super().simulate_request(*args, **kwargs)
+
+    return LocalClient(app, headers=headers)
+
+
 @functools.cache
 def token_home() -> tuple[Path, dict[str, str]]:
     """A home folder holding a token (one per process, removed at exit), and the headers of a

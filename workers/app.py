@@ -1,9 +1,14 @@
-"""`create_app(config)`: the Falcon WSGI app of the HTTP side.
+"""`create_app(config)`: the Falcon ASGI app (`falcon.asgi`) of the HTTP side.
+
+Each gunicorn worker runs it on one event loop (workers/server.py); every responder is a
+coroutine and the core is reached through the worker's one pipelined connection
+(`workers.corelink.CoreClient`).
 
 Routes come from the op catalogue (`workers.routes`); the HTTP side adds the event stream
 (`workers.sse`), `/openapi.json` (`workers.openapi`), Prometheus metrics (`workers.metrics`),
 the dashboard at `/` and the landing of its one-time links (`/auth/dashboard`). Every request
-passes the gate first (`workers.guard`: Host, who is calling, Origin, size). Errors are turned into the JSON error body in one place, here: an `OpError`
+passes the gate first (`workers.guard`: Host, who is calling, Origin, size). Errors are turned
+into the JSON error body in one place, here: an `OpError`
 keeps its code and status, Falcon's own errors (no route, wrong method) get a code too, and
 anything unexpected is logged and answered 500 `internal` without taking the worker down.
 """
@@ -15,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import falcon
+import falcon.asgi
 import falcon.media
+from falcon.asgi import Request, Response
 
 from pdcore.auth import AUTH_REALM, cookie_name
 from pdcore.config import Config
@@ -24,10 +31,10 @@ from pdcore.ops import CATALOGUE
 from pdcore.shm import ShmFirst
 from workers.corelink import CoreClient
 from workers.guard import TICKET_PATH, Gate
+from workers.limits import Limits
 from workers.metrics import metrics_renderer
 from workers.openapi import SSE_PATH, build_spec
 from workers.routes import Core, OpResource, build_resources, dumps, router_template
-from workers.slots import Slots
 from workers.sse import ChannelEvents, StreamSource
 
 log = logging.getLogger("pd.http")
@@ -49,7 +56,7 @@ def error_body(code: str, message: str, field: str | None = None, code37: str | 
     return body
 
 
-def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> None:
+def _send_error(resp: Response, status: int, body: dict[str, Any]) -> None:
     resp.status = status
     resp.stream = None
     resp.content_type = falcon.MEDIA_JSON
@@ -60,12 +67,12 @@ def _send_error(resp: falcon.Response, status: int, body: dict[str, Any]) -> Non
         resp.set_header("WWW-Authenticate", f"Bearer {AUTH_REALM}")
 
 
-def handle_op_error(req: falcon.Request, resp: falcon.Response, ex: OpError, params: dict) -> None:
+async def handle_op_error(req: Request, resp: Response, ex: OpError, params: dict) -> None:
     code37, status37 = getattr(ex, "code37", None) or (None, None)
     _send_error(resp, status37 or ex.status, error_body(ex.code, ex.message, ex.field, code37, **ex.extra))
 
 
-def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError, params: dict) -> None:
+async def handle_http_error(req: Request, resp: Response, ex: falcon.HTTPError, params: dict) -> None:
     status = ex.status_code
     code = _CODE_BY_FALCON_STATUS.get(status, "internal" if status >= 500 else "invalid_argument")
     if status == 404:
@@ -79,9 +86,9 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTT
     _send_error(resp, status, error_body(code, message))
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict) -> None:
+async def handle_unexpected(req: Request, resp: Response, ex: Exception, params: dict) -> None:
     if isinstance(ex, falcon.HTTPError):  # raised by Falcon itself after routing
-        handle_http_error(req, resp, ex, params)
+        await handle_http_error(req, resp, ex, params)
         return
     log.exception("event=internal_error method=%s path=%s error=%s", req.method, req.path, type(ex).__name__)
     _send_error(resp, 500, error_body(
@@ -95,7 +102,7 @@ class OpenApiDocument:
     def __init__(self) -> None:
         self.spec = build_spec()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         resp.media = self.spec
 
 
@@ -105,7 +112,7 @@ class Dashboard:
     def __init__(self, html: str) -> None:
         self.html = html
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         resp.content_type = "text/html; charset=utf-8"
         resp.set_header("Content-Security-Policy",
                         "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
@@ -122,11 +129,11 @@ class DashboardLink:
         self.gate = gate
         self.cookie = cookie_name(tcp_port)
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: Request, resp: Response) -> None:
         ticket = req.get_param("ticket") or ""
         if not ticket:
             raise OpError("unauthorized", "this link has no ticket; run `pd dashboard` for a new link", "ticket")
-        self.core.call("daemon.dashboard_redeem", {"ticket": ticket[:200]})
+        await self.core.call("daemon.dashboard_redeem", {"ticket": ticket[:200]})
         value = self.gate.keys.current_cookie()
         if value is None:
             raise OpError("unavailable", f"the dashboard cannot be opened: {self.gate.keys.problem}")
@@ -139,7 +146,7 @@ class DashboardLink:
         resp.media = {"success": True, "redirect": "/"}
 
 
-def _mount(app: falcon.App, resources: dict[str, Any], template: str, method: str, responder: Any) -> None:
+def _mount(app: falcon.asgi.App, resources: dict[str, Any], template: str, method: str, responder: Any) -> None:
     """Serve `method` on `template` with `responder`, beside any catalogue methods there."""
     resource = resources.get(template)
     if resource is None:
@@ -154,24 +161,24 @@ class ShmFirstCore:
         self.core = core
         self.shm = shm
 
-    def call(self, action: str, args: dict, **kw: Any) -> dict:
+    async def call(self, action: str, args: dict, **kw: Any) -> dict:
         result = self.shm.try_call(action, args)
-        return result if result is not None else self.core.call(action, args, **kw)
+        return result if result is not None else await self.core.call(action, args, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.core, name)
 
 
-def create_app(config: Config, core: Core | None = None) -> falcon.App:
-    """The WSGI app. `core` is the link to the core (a `CoreClient` unless a test injects one)."""
+def create_app(config: Config, core: Core | None = None) -> falcon.asgi.App:
+    """The ASGI app. `core` is the link to the core (a `CoreClient` unless a test injects one)."""
     if core is None:
         core = CoreClient(config.core_sock or config.home / "core.sock", config.http_core_connect_wait_ms)
         if config.shm_enabled:
             core = ShmFirstCore(core, ShmFirst(config.shm_path))
-    slots = Slots(config.http_max_waiting or max(1, config.http_threads - 2), config.sse_max_per_client)
+    limits = Limits(config.http_max_streams, config.http_max_parked)
 
     gate = Gate(config.http_max_body, config.token_path, config.tcp_port, str(config.home), config.http_drain_max)
-    app = falcon.App(middleware=[gate], cors_enable=False)
+    app = falcon.asgi.App(middleware=[gate], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.req_options.auto_parse_form_urlencoded = False
     json_handler = falcon.media.JSONHandler(dumps=dumps)  # the responders' encoder (non-ASCII kept, bytes as base64)
@@ -180,9 +187,9 @@ def create_app(config: Config, core: Core | None = None) -> falcon.App:
     sse_template, sse_fields = router_template(SSE_PATH)
     special = {("GET", sse_template), ("GET", "/"), ("GET", "/openapi.json"), ("GET", TICKET_PATH)}
     resources: dict[str, Any] = dict(build_resources(
-        CATALOGUE.values(), core, slots, config.http_max_body, RENDERERS, skip=special))
+        CATALOGUE.values(), core, limits, config.http_max_body, RENDERERS, skip=special))
     stream_source: StreamSource = core  # type: ignore[assignment]
-    events = ChannelEvents(stream_source, slots, config.sse_keepalive_s, next(iter(sse_fields)))
+    events = ChannelEvents(stream_source, limits, config.sse_keepalive_s, next(iter(sse_fields)))
     _mount(app, resources, sse_template, "GET", events.on_get)
     _mount(app, resources, sse_template, "HEAD", events.on_head)  # headers only: no stream is opened
     _mount(app, resources, "/openapi.json", "GET", OpenApiDocument().on_get)

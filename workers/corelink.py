@@ -1,30 +1,29 @@
-"""The HTTP workers' link to the core: frames over `core.sock`, one connection per thread.
+"""The HTTP workers' link to the core: one pipelined connection per worker, over `core.sock`.
 
-A worker thread sends one REQUEST frame per HTTP request and reads until the reply that
-echoes its conv_id (anything else on the connection, e.g. a stale reply, is skipped). The
-connection is kept between requests; a connection the core closed (core restarted) is
-noticed when sending to it fails (EPIPE: a Unix socket refuses a write to a closed peer at
-once) and replaced, and the request is sent again on a new one. When the core cannot be
-reached the caller gets an `OpError("unavailable")`, which the app turns into a 503 that
-says how to start it.
+A worker runs one event loop and keeps ONE connection to the core (`CoreClient`). Every HTTP
+request's call is written to it as soon as it comes, as a REQUEST frame with a conv_id of its
+own; the core answers in any order, and each reply is matched back to its caller by conv_id
+(`_Link.pending`). No lock-step, no thread per request: a parked call (a lock wait) is just a
+future waiting in `pending` while other calls pass it on the same connection.
 
-Hot path: this runs once per HTTP request, so it makes as few system calls as it can: the
-socket stays in blocking mode and its timeouts are kernel ones (SO_RCVTIMEO / SO_SNDTIMEO,
-set only when the wanted value changes) instead of Python's poll-before-every-call timeout
-mode, and nothing is checked before sending. A request is one `send`, a reply usually one
-`recv`. Each of those releases the GIL, which with a pool of threads costs a hand-off.
+A reply that does not come within the call's timeout fails that call with 503 `unavailable`
+(a late reply is dropped: its conv_id is no longer pending); the connection stays. A call whose
+caller goes away (the HTTP client closed, the worker cancels its task) sends CANCEL, so a
+parked call of a client that left does not hold its place in the core. When the core closes
+the connection (it restarted), every call in flight fails with the same 503 as before (a read
+is sent once more on the new connection: repeating it is harmless; a write is not, since the
+core may have applied it), and the next call connects again, waiting up to
+`http_core_connect_wait_ms` for the core to come back. Nothing waits without a bound.
 
-Event streams (SSE) do not share the thread's connection: each opens a `CoreStream`.
+Event streams (SSE) do not share the worker's connection: each opens a `CoreStream` of its own
+(see workers/sse.py for why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import select
-import socket
-import struct
-import threading
-import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from pdcore.errors import OpError
 
 DEFAULT_REPLY_TIMEOUT_S = 30.0
 PARKED_GRACE_S = 10.0  # added to a request's own `wait`/`timeout` so the core answers first
-_RECV = 256 * 1024
 _MAX_REPLY = 1 << 28  # the core is a trusted peer; this only bounds a runaway reply
 _STREAM_INFORMS = ("msg.delivery", "msg.dropped")  # what the core pushes to a subscribed stream
+STREAM_BUFFER = 64 * 1024  # bytes of deliveries a stream holds before it stops reading from the core (see CoreStream)
 
 _START_HINT = "start it with `pd start`"
 
@@ -61,165 +60,6 @@ def reply_timeout(args: dict[str, Any], parks: bool = False) -> float:
     return DEFAULT_REPLY_TIMEOUT_S + (PARKED_GRACE_S if parks else 0.0)
 
 
-def _connect(path: Path, connect_wait_s: float) -> socket.socket:
-    """Connect to core.sock, retrying briefly while the supervisor restarts the core."""
-    deadline = time.monotonic() + connect_wait_s
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            if time.monotonic() >= deadline:
-                why = "no socket file" if isinstance(exc, FileNotFoundError) else "connection refused"
-                raise core_unavailable(path, why) from None
-            time.sleep(0.05)
-        except OSError as exc:
-            sock.close()
-            raise core_unavailable(path, exc.strerror or type(exc).__name__) from None
-
-
-def peer_closed(sock: socket.socket) -> bool:
-    """True when the peer closed the connection (readable with nothing to read).
-
-    Peeks without changing the socket's blocking mode, so it is safe on a socket someone
-    else (the WSGI server) is using.
-    """
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except (OSError, ValueError):
-        return True
-
-
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO / SO_SNDTIMEO
-_SEND_TIMEOUT_S = DEFAULT_REPLY_TIMEOUT_S  # a core that reads nothing for this long is gone
-
-
-def _timeval(seconds: float) -> bytes:
-    micros = max(1, round(seconds * 1e6))  # 0 would mean "no timeout"
-    return _TIMEVAL.pack(micros // 1_000_000, micros % 1_000_000)
-
-
-class CoreLink:
-    """One connection to the core. Not thread-safe: `CoreClient` keeps one per thread."""
-
-    def __init__(self, path: Path, connect_wait_s: float) -> None:
-        self.path = path
-        self.connect_wait_s = connect_wait_s
-        self.sock: socket.socket | None = None
-        self.decoder = proto.FrameDecoder(_MAX_REPLY)
-        self._conv = 0
-        self._recv_timeout = 0.0  # the SO_RCVTIMEO the socket has now
-        self._rbuf = memoryview(bytearray(_RECV))  # reused: recv() of a fresh 256 KiB bytes costs mmap+munmap
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.decoder = proto.FrameDecoder(_MAX_REPLY)
-
-    def _next_conv(self) -> int:
-        self._conv = self._conv % proto.MAX_CONV_ID + 1
-        return self._conv
-
-    def _open(self) -> socket.socket:
-        sock = _connect(self.path, self.connect_wait_s)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(_SEND_TIMEOUT_S))
-        except OSError:
-            sock.close()
-            raise
-        self._recv_timeout = 0.0
-        self.sock = sock
-        return sock
-
-    def _set_recv_timeout(self, sock: socket.socket, seconds: float) -> None:
-        if seconds != self._recv_timeout:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
-            self._recv_timeout = seconds
-
-    def request(self, body: bytes, timeout_s: float, retry_after_send: bool) -> tuple[int, dict]:
-        """Send one packed REQUEST payload; return (frame type, reply payload).
-
-        A connection that breaks is replaced and the request sent again once: always when
-        sending failed (nothing reached the core: this is also how a connection the core
-        closed between requests is noticed), and after the send only when
-        `retry_after_send` (the op is safe to repeat), since the core may have applied it
-        before it went away.
-        """
-        for attempt in (1, 2):
-            sock = self.sock
-            if sock is None:
-                sock = self._open()
-            conv = self._next_conv()
-            try:
-                sock.sendall(proto.encode_body(proto.REQUEST, conv, body))
-            except OSError as exc:
-                self.close()
-                if attempt == 2:
-                    raise core_unavailable(self.path, f"send failed: {exc.strerror or exc}") from None
-                continue
-            try:
-                return self._read_reply(sock, conv, timeout_s)
-            except TimeoutError:
-                self.close()  # a late reply must not be read as the next request's
-                # replyLost: the core may have applied it; a client repeats a take with its request id
-                raise OpError(
-                    "unavailable", f"the Port Daddy core did not answer within {timeout_s:g} s; "
-                    f"check `pd status` (or restart it with `pd start`)", replyLost=True) from None
-            except (ConnectionError, OSError) as exc:
-                self.close()
-                if attempt == 2 or not retry_after_send:
-                    raise core_unavailable(self.path, f"connection lost: {exc}", replyLost=True) from None
-        raise AssertionError("unreachable")
-
-    def _read_reply(self, sock: socket.socket, conv: int, timeout_s: float) -> tuple[int, dict]:
-        if timeout_s <= 0:
-            raise TimeoutError
-        deadline = time.monotonic() + timeout_s
-        wait = timeout_s
-        while True:
-            self._set_recv_timeout(sock, wait)
-            try:
-                n = sock.recv_into(self._rbuf)
-            except BlockingIOError:  # SO_RCVTIMEO passed (EAGAIN on a blocking socket)
-                raise TimeoutError from None
-            if not n:
-                raise ConnectionError("the core closed the connection")
-            for item in self.decoder.feed(self._rbuf[:n]):
-                if isinstance(item, proto.ProtocolError):
-                    if item.conv_id == conv:
-                        raise OpError("internal", f"the core's reply could not be read: {item}")
-                    continue
-                type_, conv_id, payload = item
-                if conv_id != conv:
-                    continue  # a delivery or a reply to an abandoned request
-                return type_, proto.unpack_payload(payload)
-            wait = deadline - time.monotonic()  # more to read: only what is left of the wait
-            if wait <= 0:
-                raise TimeoutError
-
-
-_fork_generation = 0  # bumped in a forked child: a thread's link from before the fork is not reused
-
-
-def _after_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
 def unframeable(args: dict[str, Any], exc: Exception) -> OpError:
     """The 400 for arguments a frame cannot carry, naming the argument at fault.
 
@@ -242,45 +82,6 @@ def unframeable(args: dict[str, Any], exc: Exception) -> OpError:
     return OpError("invalid_argument", f"{field or 'the request'} {why}", field)
 
 
-class CoreClient:
-    """Calls operations in the core: `call(action, args)` -> result dict, or raises OpError."""
-
-    def __init__(self, core_sock: Path | str, connect_wait_ms: int = 2000) -> None:
-        self.path = Path(core_sock)
-        self.connect_wait_s = max(0, connect_wait_ms) / 1000.0
-        self._local = threading.local()
-
-    def _link(self) -> CoreLink:
-        local = self._local
-        link = getattr(local, "link", None)
-        if link is None or local.generation != _fork_generation:  # never reuse a socket across fork
-            link = local.link = CoreLink(self.path, self.connect_wait_s)
-            local.generation = _fork_generation
-        return link
-
-    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
-             timeout_s: float | None = None) -> dict:
-        """Run one operation in the core and return its result."""
-        payload = dict(args)
-        payload["action"] = action
-        try:
-            body = proto.pack_payload(payload)
-        except (OverflowError, UnicodeEncodeError, ValueError, TypeError) as exc:
-            raise unframeable(args, exc) from None
-        wait = reply_timeout(args) if timeout_s is None else timeout_s
-        type_, reply = self._link().request(body, wait, retry_after_send=idempotent)
-        return result_of(type_, reply)
-
-    def close(self) -> None:
-        link = getattr(self._local, "link", None)
-        if link is not None:
-            link.close()
-
-    def stream(self) -> CoreStream:
-        """A new connection of its own, for one event stream."""
-        return CoreStream(self.path, self.connect_wait_s)
-
-
 def result_of(type_: int, reply: dict) -> dict:
     """The result of a reply frame, or the OpError it carries."""
     if type_ == proto.INFORM_DONE:
@@ -294,80 +95,265 @@ def result_of(type_: int, reply: dict) -> dict:
     raise OpError("internal", f"the core answered with an unexpected {proto.NAMES.get(type_, hex(type_))} frame")
 
 
-class CoreStream:
-    """A connection of its own that subscribes to channels and yields deliveries."""
+async def _connect(path: Path, connect_wait_s: float, factory: Any) -> asyncio.Protocol:
+    """Connect to core.sock with `factory`'s protocol, retrying briefly while the core restarts."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_wait_s
+    while True:
+        try:
+            _, protocol = await loop.create_unix_connection(factory, str(path))
+            return protocol
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if loop.time() >= deadline:
+                why = "no socket file" if isinstance(exc, FileNotFoundError) else "connection refused"
+                raise core_unavailable(path, why) from None
+            await asyncio.sleep(0.05)
+        except OSError as exc:
+            raise core_unavailable(path, exc.strerror or type(exc).__name__) from None
+
+
+class LinkLost(ConnectionError):
+    """The connection to the core closed with this call in flight."""
+
+
+class _Link(asyncio.Protocol):
+    """One connection to the core; replies go to the future of their conv_id."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.decoder = proto.FrameDecoder(_MAX_REPLY)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.closed = False
+        self._conv = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        for item in self.decoder.feed(data):
+            if item.__class__ is not tuple:  # a ProtocolError
+                fut = pending.pop(item.conv_id, None)  # type: ignore[union-attr]
+                if fut is not None and not fut.done():
+                    fut.set_exception(OpError("internal", f"the core's reply could not be read: {item}"))
+                continue
+            type_, conv_id, body = item  # type: ignore[misc]
+            fut = pending.pop(conv_id, None)
+            if fut is not None and not fut.done():  # else a delivery, or a reply nobody waits for now
+                fut.set_result((type_, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(LinkLost(str(exc) if exc else "the core closed the connection"))
+
+    def send(self, body: bytes) -> tuple[int, asyncio.Future]:
+        """Write one REQUEST; return its conv_id and the future of its reply."""
+        conv = self._conv
+        while True:
+            conv = conv % proto.MAX_CONV_ID + 1
+            if conv not in self.pending:
+                break
+        self._conv = conv
+        fut = self.loop.create_future()
+        self.pending[conv] = fut
+        self.transport.write(proto.encode_body(proto.REQUEST, conv, body))  # type: ignore[union-attr]
+        return conv, fut
+
+    def cancel(self, conv: int) -> None:
+        """Forget `conv` and tell the core, so a parked call of a caller that left stops waiting."""
+        self.pending.pop(conv, None)
+        if not self.closed and self.transport is not None:
+            self.transport.write(proto.encode_body(proto.CANCEL, conv, proto.pack_payload({})))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+class CoreClient:
+    """Calls operations in the core: `await call(action, args)` -> result dict, or raises OpError.
+
+    One per worker process: the connection belongs to the event loop that opened it, and a
+    forked child (gunicorn's workers) never reuses its parent's."""
+
+    def __init__(self, core_sock: Path | str, connect_wait_ms: int = 2000) -> None:
+        self.path = Path(core_sock)
+        self.connect_wait_s = max(0, connect_wait_ms) / 1000.0
+        self._link: _Link | None = None
+        self._opening: asyncio.Future | None = None
+        self._pid = os.getpid()
+
+    async def _current(self) -> _Link:
+        link = self._link
+        if link is not None and not link.closed and self._pid == os.getpid():
+            return link
+        if self._opening is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._link = None
+            self._opening = asyncio.ensure_future(_connect(self.path, self.connect_wait_s, _Link))
+        opening = self._opening
+        try:
+            link = await asyncio.shield(opening)  # every caller waits for the one connect
+        finally:
+            if opening.done() and self._opening is opening:
+                self._opening = None
+        self._link = link  # type: ignore[assignment]
+        return link  # type: ignore[return-value]
+
+    async def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+                   timeout_s: float | None = None) -> dict:
+        """Run one operation in the core and return its result."""
+        payload = dict(args)
+        payload["action"] = action
+        try:
+            body = proto.pack_payload(payload)
+        except (OverflowError, UnicodeEncodeError, ValueError, TypeError) as exc:
+            raise unframeable(args, exc) from None
+        wait = reply_timeout(args) if timeout_s is None else timeout_s
+        for attempt in (1, 2):
+            link = await self._current()
+            conv, fut = link.send(body)
+            timer = link.loop.call_later(wait, _expire, fut)
+            try:
+                type_, reply = await fut
+            except TimeoutError:
+                link.cancel(conv)
+                # replyLost: the core may have applied it; a client repeats a take with its request id
+                raise OpError("unavailable", f"the Port Daddy core did not answer within {wait:g} s; "
+                              "check `pd status` (or restart it with `pd start`)", replyLost=True) from None
+            except LinkLost as exc:
+                if attempt == 2 or not idempotent:
+                    raise core_unavailable(self.path, f"connection lost: {exc}", replyLost=True) from None
+                continue
+            except asyncio.CancelledError:
+                link.cancel(conv)
+                raise
+            finally:
+                timer.cancel()
+            return result_of(type_, proto.unpack_payload(reply))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def stream(self) -> CoreStream:
+        """A new connection of its own, for one event stream (connected by `subscribe`)."""
+        return CoreStream(self.path, self.connect_wait_s)
+
+
+class CoreStream(asyncio.Protocol):
+    """A connection of its own that subscribes to channels and yields deliveries.
+
+    Deliveries wait in `pending`; past `STREAM_BUFFER` bytes of them the stream stops reading from
+    the core, so a stream whose HTTP client reads slowly backs up into the core, which drops
+    that subscriber's deliveries past `subscriber_queue_max` and says so (`msg.dropped`),
+    exactly as for any slow IPC subscriber."""
 
     def __init__(self, path: Path, connect_wait_s: float) -> None:
         self.path = path
-        self.sock = _connect(path, connect_wait_s)
+        self.connect_wait_s = connect_wait_s
+        self.transport: asyncio.Transport | None = None
         self.decoder = proto.FrameDecoder(_MAX_REPLY)
-        self.pending: list[dict] = []
+        self.pending: deque[tuple[dict, int]] = deque()  # (delivery, its size in bytes)
+        self.buffered = 0
+        self.closed = False
+        self._paused = False
+        self._answer: asyncio.Future | None = None
+        self._waiter: asyncio.Future | None = None
 
-    def subscribe(self, channels: list[str], timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> dict:
-        """Send SUBSCRIBE and wait for its AGREE; a refusal raises OpError."""
-        try:
-            self.sock.settimeout(timeout_s)
-            self.sock.sendall(proto.encode(proto.SUBSCRIBE, 1, {"channels": channels}))
-        except OSError as exc:
-            self.close()
-            raise core_unavailable(self.path, f"send failed: {exc}") from None
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                answer: tuple[int, dict] | None = None
-                for type_, conv_id, payload in self._frames(deadline - time.monotonic()):
-                    if conv_id == 1 and answer is None:
-                        answer = (type_, payload)
-                    elif type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
-                        self.pending.append(payload)  # may arrive in the same read as the AGREE
-                if answer is not None:
-                    return answer[1] if answer[0] == proto.AGREE else result_of(*answer)
-        except TimeoutError:
-            self.close()
-            raise OpError("unavailable", f"the Port Daddy core did not answer a subscribe within {timeout_s:g} s") from None
-        except OSError as exc:
-            self.close()
-            raise core_unavailable(self.path, f"connection lost: {exc}") from None
+    # -- asyncio.Protocol --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
 
-    def next_delivery(self, timeout_s: float) -> dict | None:
-        """The next delivery (or `msg.dropped` notice), or None when `timeout_s` passes without one."""
-        if self.pending:
-            return self.pending.pop(0)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                frames = self._frames(left)
-            except TimeoutError:
-                return None
-            for type_, _conv, payload in frames:
-                if type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
-                    self.pending.append(payload)
-            if self.pending:
-                return self.pending.pop(0)
-
-    def _frames(self, timeout_s: float) -> list[tuple[int, int, dict]]:
-        if timeout_s <= 0:
-            raise TimeoutError
-        self.sock.settimeout(timeout_s)
-        data = self.sock.recv(_RECV)
-        if not data:
-            raise ConnectionError("the core closed the connection")
-        out = []
+    def data_received(self, data: bytes) -> None:
         for item in self.decoder.feed(data):
-            if isinstance(item, proto.ProtocolError):
+            if item.__class__ is not tuple:
                 continue
-            type_, conv_id, body = item
+            type_, conv_id, body = item  # type: ignore[misc]
             try:
-                out.append((type_, conv_id, proto.unpack_payload(body)))
+                payload = proto.unpack_payload(body)
             except proto.ProtocolError:
                 continue
-        return out
+            if conv_id == 1 and self._answer is not None and not self._answer.done():
+                self._answer.set_result((type_, payload))
+            elif type_ == proto.INFORM and payload.get("action") in _STREAM_INFORMS:
+                self.pending.append((payload, len(body)))
+                self.buffered += len(body)
+        if self.buffered >= STREAM_BUFFER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(LinkLost("the core closed the connection"))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the stream's side --
+    async def subscribe(self, channels: list[str], timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> dict:
+        """Connect, send SUBSCRIBE and wait for its AGREE; a refusal raises OpError."""
+        await _connect(self.path, self.connect_wait_s, lambda: self)
+        loop = asyncio.get_running_loop()
+        self._answer = loop.create_future()
+        self.transport.write(proto.encode(proto.SUBSCRIBE, 1, {"channels": channels}))  # type: ignore[union-attr]
+        try:
+            type_, payload = await asyncio.wait_for(self._answer, timeout_s)
+        except TimeoutError:
+            self.close()
+            raise OpError("unavailable",
+                          f"the Port Daddy core did not answer a subscribe within {timeout_s:g} s") from None
+        except LinkLost as exc:
+            self.close()
+            raise core_unavailable(self.path, f"connection lost: {exc}") from None
+        return payload if type_ == proto.AGREE else result_of(type_, payload)
+
+    async def next_delivery(self, timeout_s: float) -> dict | None:
+        """The next delivery (or `msg.dropped` notice), or None when `timeout_s` passes without
+        one; raises ConnectionError once the stream is closed (by the core, or by `close`)."""
+        if not self.pending:
+            if self.closed:
+                raise ConnectionError("the event stream's core connection is closed")
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, self._wake)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self.pending:
+                if self.closed:
+                    raise ConnectionError("the event stream's core connection is closed")
+                return None
+        delivery, size = self.pending.popleft()
+        self.buffered -= size
+        if self._paused and self.buffered <= STREAM_BUFFER // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return delivery
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        """Close the connection and wake a waiting `next_delivery` (it raises ConnectionError)."""
+        self.closed = True
+        self.pending.clear()
+        self.buffered = 0
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()

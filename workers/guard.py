@@ -19,39 +19,36 @@
   connection whose unread body it cannot drain, and a pooled client would then write its next
   request into a closed socket. Past `http_drain_max` the connection is closed after the 413.
 - Encoded slashes: names may contain `/`; a client sends it as `%2F` inside one path segment.
-  The WSGI server decodes the path before routing, so the gate re-splits the raw URI and
-  keeps such a slash escaped for the router; `unescape_param` restores it.
+  The server decodes the path before routing, so the gate re-splits the raw path and keeps
+  such a slash escaped for the router; `unescape_param` restores it.
 
 The gate runs on every request, so its answers for a Host or Origin value are remembered
 (clients send the same one or two values every time); the memory is bounded and forgets
 everything when full, so a client sending ever-new values costs the full check, no more.
-The peer's uid is asked of the kernel once per connection; the token is compared in constant
-time against a copy re-read only when the file changes (`pdcore.auth.TokenKeys`).
+The peer's uid is asked of the kernel once per connection, by the server when it accepts it
+(workers.server.DoorProtocol), and handed over in the ASGI scope (`UNIX_PEER_UID`); the token
+is compared in constant time against a copy re-read only when the file changes
+(`pdcore.auth.TokenKeys`).
 """
 
 from __future__ import annotations
 
-import _socket
 import ipaddress
 import os
-import socket
-import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import falcon
+from falcon.asgi import Request, Response
 
 from pdcore.auth import TokenKeys, cookie_name
 from pdcore.config import HOME_HEADER, home_tag
 from pdcore.errors import OpError
-from pdcore.paths import peer_credentials
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _SLASH = "%2F"
 _CACHE_MAX = 256  # distinct Host / Origin values remembered per worker process
-_FAMILY = _socket.socket.family  # the C attribute: an int, without socket.socket's enum conversion
 OWN_UID = os.getuid()
 HEALTH_PATH = "/health"
 TICKET_PATH = "/auth/dashboard"  # where a `pd dashboard` link lands; the ticket is its credential
@@ -122,20 +119,16 @@ loopback_host = _remembered(is_loopback_host)
 loopback_origin = _remembered(is_loopback_origin)
 
 
-def over_unix_socket(env: dict) -> bool:
-    """True when the request arrived on daemon.sock rather than over TCP."""
-    sock = env.get("gunicorn.socket")
-    # Without the server's socket object we cannot know: assume TCP, so the checks apply.
-    if sock is None:
-        return False
-    if isinstance(sock, _socket.socket):
-        return _FAMILY.__get__(sock) == socket.AF_UNIX
-    return getattr(sock, "family", None) == socket.AF_UNIX
+# Keys the server (workers.server.DoorProtocol) puts in every request's ASGI scope.
+UNIX_PEER_UID = "pd.unix_peer_uid"  # only on daemon.sock connections: the peer's uid (SO_PEERCRED), or None
+CLIENT_GONE = "pd.client_gone"  # a future done once the client's connection is closed
 
 
-def client_key(env: dict) -> str:
-    """Who the client is, for per-client caps: its IP, or `unix` for the Unix socket."""
-    return "unix" if over_unix_socket(env) else (env.get("REMOTE_ADDR") or "unknown")
+def over_unix_socket(scope: dict) -> bool:
+    """True when the request arrived on daemon.sock rather than over TCP.
+
+    Without the server's word (a scope from elsewhere) we cannot know: assume TCP, so the checks apply."""
+    return UNIX_PEER_UID in scope
 
 
 def _unauthorized(keys: TokenKeys, wrong: bool) -> OpError:
@@ -193,7 +186,7 @@ def unescape_param(value: str) -> str:
 
 
 class Gate:
-    """Falcon middleware that applies the checks above before routing."""
+    """Falcon (ASGI) middleware that applies the checks above before routing."""
 
     def __init__(self, max_body: int, token_path: Path, tcp_port: int, home: str | None = None,
                  drain_max: int = 0) -> None:
@@ -202,44 +195,33 @@ class Gate:
         self.home_tag = home_tag(home) if home is not None else None
         self.keys = TokenKeys(token_path)
         self.cookie = cookie_name(tcp_port)
-        # The peer's uid per Unix connection (asked of the kernel once); forgotten with the socket.
-        self._peer_uids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
-                         req_succeeded: bool) -> None:
+    async def process_response(self, req: Request, resp: Response, resource: object,
+                               req_succeeded: bool) -> None:
         # Which home this daemon serves (a TCP client checks it); never told to an anonymous caller.
         if self.home_tag is not None and req.context.get("caller"):
             resp.set_header(HOME_HEADER, self.home_tag)
 
-    def _peer_uid(self, sock: object) -> int | None:
-        try:
-            uid = self._peer_uids.get(sock)
-            if uid is None:
-                uid = self._peer_uids[sock] = peer_credentials(sock)[1]  # type: ignore[arg-type]
-            return uid
-        except (OSError, TypeError):
-            return None
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        env = req.env
-        unix = over_unix_socket(env)
+    async def process_request(self, req: Request, resp: Response) -> None:
+        scope = req.scope
+        unix = UNIX_PEER_UID in scope
         if not unix:
-            host = env.get("HTTP_HOST")
+            host = req.get_header("Host")
             if host is not None and not loopback_host(host):
                 raise OpError(
                     "bad_host",
                     f"Host header {host[:100]!r} is not a loopback name; use http://localhost or "
                     "http://127.0.0.1 (other names are refused to stop DNS rebinding)", "Host")
         caller = req.context.caller = admit(
-            over_unix=unix, peer_uid=self._peer_uid(env.get("gunicorn.socket")) if unix else None,
-            authorization=env.get("HTTP_AUTHORIZATION"), cookies=env.get("HTTP_COOKIE"),
+            over_unix=unix, peer_uid=scope[UNIX_PEER_UID] if unix else None,
+            authorization=req.get_header("Authorization"), cookies=req.get_header("Cookie"),
             method=req.method, path=req.path, keys=self.keys, cookie=self.cookie)
         if caller == ANONYMOUS and req.path == HEALTH_PATH:
             resp.content_type = falcon.MEDIA_JSON
             resp.data = HEALTH_ANONYMOUS
             resp.complete = True
             return
-        origin = env.get("HTTP_ORIGIN")
+        origin = req.get_header("Origin")
         if origin is not None and req.method not in SAFE_METHODS and not loopback_origin(origin):
             raise OpError(
                 "bad_origin",
@@ -248,25 +230,13 @@ class Gate:
         length = req.content_length
         if length is not None and length > self.max_body:
             if length <= self.drain_max:
-                drain(req.stream, length)
+                await req.stream.exhaust()
             raise OpError(
                 "too_large",
                 f"request body is {length} bytes; the limit is {self.max_body} (http_max_body)", "body")
-        raw = env.get("RAW_URI") or env.get("REQUEST_URI")
-        if raw and "%2f" in raw.lower():
-            req.path = _escaped_path(raw, req.path)
-
-
-DRAIN_CHUNK = 64 * 1024
-
-
-def drain(stream: Any, length: int) -> None:
-    """Read and drop `length` bytes of a request body (the input ends at Content-Length)."""
-    while length > 0:
-        chunk = stream.read(min(DRAIN_CHUNK, length))
-        if not chunk:
-            return
-        length -= len(chunk)
+        raw = scope.get("raw_path")
+        if raw and b"%2f" in raw.lower():
+            req.path = _escaped_path(raw.decode("latin-1"), req.path)
 
 
 def _escaped_path(raw: str, fallback: str) -> str:

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-import falcon
+from falcon.asgi import Request, Response
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
@@ -84,7 +84,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def metrics_renderer(req: falcon.Request, resp: falcon.Response, result: dict) -> bool:
+def metrics_renderer(req: Request, resp: Response, result: dict) -> bool:
     """Renderer for daemon.metrics: Prometheus text when asked, else the default JSON."""
     if (req.get_param("format") or "").lower() not in ("prometheus", "prom", "text"):
         return False

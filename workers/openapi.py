@@ -42,7 +42,7 @@ EXTRA_ROUTES = (
     ("GET", "/openapi.json", "This API described as OpenAPI 3.1, generated from the op catalogue.",
      "application/json", 200),
     ("GET", SSE_PATH, "A channel's messages as Server-Sent Events (`event: message` with the message id as "
-     "`id:`, JSON `data`); `:`-comment keep-alives; capped per client. Resumes after `Last-Event-ID` (or "
+     "`id:`, JSON `data`); `:`-comment keep-alives; capped per worker (`http_max_streams`). Resumes after `Last-Event-ID` (or "
      "`?after=ID`) from the channel's history, with `event: gap` first when messages may have been lost, "
      "and before the next message when a stream that fell behind had messages dropped.",
      "text/event-stream", 200),

@@ -1,4 +1,4 @@
-"""Falcon resources built from the op catalogue: one responder per `Route` of every `Op`.
+"""Falcon (ASGI) resources built from the op catalogue: one responder per `Route` of every `Op`.
 
 A responder translates and forwards, it does not decide: it merges the request's query
 parameters, JSON body and path parameters (in that order, later wins), turns text into
@@ -6,9 +6,13 @@ typed values by the op's schema, sends ONE frame to the core and writes the repl
 (`{"success": true, **result}` with `Route.status`). Validation of the values themselves is
 the core's (one place per decision).
 
+A responder is a coroutine: the core call is awaited on the worker's one pipelined core
+connection (workers.corelink), so a call that parks in the core (`may_wait`) holds nothing but
+a place in `http_max_parked` (workers.limits).
+
 This is every request's path, so a responder does only the work its request needs: no
 query parsing without a query string, no path typing without path fields, the body read
-straight from the server's (already length-bounded) input, and the reply encoded by one
+straight from the server's input (bounded by Content-Length), and the reply encoded by one
 JSON encoder made once (`dumps`) rather than through Falcon's media handler lookup.
 """
 
@@ -21,13 +25,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import falcon
+from falcon.asgi import Request, Response
 
 from pdcore.errors import OpError
 from pdcore.fastjson import encoder
 from pdcore.ops.schema import Op, Route, coerce_text_args, loads_json
 from workers.corelink import reply_timeout
-from workers.guard import client_key, refuse_unauthenticated, unescape_param
-from workers.slots import Slots
+from workers.guard import refuse_unauthenticated, unescape_param
+from workers.limits import Limits
 
 PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(:[^{}]+)?\}$")  # {name} or {name:converter}
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -35,7 +40,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 PASSTHROUGH_QUERY = ("agentId",)  # accepted on any route: names the calling agent to the core
 
 # op name -> renderer(req, resp, result) returning True when it wrote the response itself.
-Renderer = Callable[[falcon.Request, falcon.Response, dict], bool]
+Renderer = Callable[[Request, Response, dict], bool]
 
 
 def jsonable(value: Any) -> Any:
@@ -54,8 +59,8 @@ dumps: Callable[[Any], str] = encoder(default=jsonable, ensure_ascii=False)
 class Core(Protocol):
     """What a responder needs from the core link (workers.corelink.CoreClient or a fake)."""
 
-    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
-             timeout_s: float | None = None) -> dict: ...
+    async def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+                   timeout_s: float | None = None) -> dict: ...
 
 
 def router_template(path: str) -> tuple[str, dict[str, str]]:
@@ -77,19 +82,15 @@ def router_template(path: str) -> tuple[str, dict[str, str]]:
     return "/".join(segments), names
 
 
-def read_json_object(req: falcon.Request, max_body: int) -> dict:
+async def read_json_object(req: Request, max_body: int) -> dict:
     """The request body as a JSON object ({} when empty); 400 `invalid_json` otherwise."""
-    env = req.env
-    chunked = "chunked" in (env.get("HTTP_TRANSFER_ENCODING") or "").lower()
-    if chunked:
-        data = req.stream.read(max_body + 1)
+    length = req.content_length
+    if length:
+        data = await req.stream.read(min(length, max_body + 1))
+    elif "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+        data = await req.stream.read(max_body + 1)
     else:
-        length = req.content_length
-        if not length:
-            return {}
-        # The WSGI input ends at Content-Length (PEP 3333; gunicorn, and falcon's TestClient,
-        # bound it), so a plain read of at most that many bytes is what bounded_stream gives.
-        data = req.stream.read(min(length, max_body + 1))
+        return {}
     if len(data) > max_body:
         raise OpError("too_large", f"request body is over the {max_body}-byte limit (http_max_body)", "body")
     if not data.strip():
@@ -106,7 +107,7 @@ def read_json_object(req: falcon.Request, max_body: int) -> dict:
     return obj
 
 
-def query_args(op: Op, req: falcon.Request) -> dict[str, Any]:
+def query_args(op: Op, req: Request) -> dict[str, Any]:
     """Query parameters named by the op (typed by its schema); blank values mean absent."""
     if not req.query_string:
         return {}
@@ -127,7 +128,7 @@ class Endpoint:
     route: Route
     fields: dict[str, str]  # router field name -> the op's argument name
     core: Core
-    slots: Slots
+    limits: Limits
     max_body: int
     renderer: Renderer | None = None
 
@@ -141,13 +142,13 @@ class Endpoint:
         self.runs_commands = self.op.runs_commands
         self.what = f"{self.route.method} {self.route.path}"
 
-    def arguments(self, req: falcon.Request, params: dict[str, Any]) -> dict[str, Any]:
+    async def arguments(self, req: Request, params: dict[str, Any]) -> dict[str, Any]:
         args = query_args(self.op, req)
-        header_agent = req.env.get("HTTP_X_AGENT_ID")
+        header_agent = req.get_header("X-Agent-ID")
         if header_agent:  # 3.7 clients name the calling agent in a header
             args.setdefault("agentId", header_agent)
         if self.has_body:
-            body = read_json_object(req, self.max_body)
+            body = await read_json_object(req, self.max_body)
             if body:
                 # Only the op's arguments (and agentId) travel to the core: unknown keys are
                 # ignored anyway, and one the frame cannot carry must not fail the request.
@@ -176,23 +177,23 @@ class Endpoint:
             return isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0
         return True
 
-    def __call__(self, req: falcon.Request, resp: falcon.Response, **params: Any) -> None:
+    async def __call__(self, req: Request, resp: Response, **params: Any) -> None:
         try:
-            self.serve(req, resp, params)
+            await self.serve(req, resp, params)
         except OpError as ex:
             ex.code37 = self.route.code37(ex.code)  # app.handle_op_error writes 3.7's code, ours in `reason`
             raise
 
-    def serve(self, req: falcon.Request, resp: falcon.Response, params: dict[str, Any]) -> None:
+    async def serve(self, req: Request, resp: Response, params: dict[str, Any]) -> None:
         if self.runs_commands:
             refuse_unauthenticated(req.context.get("caller", ""), self.what)
-        args = self.arguments(req, params)
+        args = await self.arguments(req, params)
         if self.may_park and self.may_wait(args):
             timeout_s = reply_timeout(args, parks=True)
-            with self.slots.held(client_key(req.env), self.what):
-                result = self.core.call(self.op.name, args, idempotent=self.idempotent, timeout_s=timeout_s)
+            with self.limits.parked.held(self.what):
+                result = await self.core.call(self.op.name, args, idempotent=self.idempotent, timeout_s=timeout_s)
         else:
-            result = self.core.call(self.op.name, args, idempotent=self.idempotent)
+            result = await self.core.call(self.op.name, args, idempotent=self.idempotent)
         if self.renderer is not None and self.renderer(req, resp, result):
             return
         resp.status = self.route.status
@@ -218,7 +219,7 @@ class OpResource:
         setattr(self, f"on_{method.lower()}", endpoint)
 
 
-def build_resources(ops: Iterable[Op], core: Core, slots: Slots, max_body: int,
+def build_resources(ops: Iterable[Op], core: Core, limits: Limits, max_body: int,
                     renderers: dict[str, Renderer], skip: set[tuple[str, str]]) -> dict[str, OpResource]:
     """Resources keyed by router template, for every route of every op except `skip`."""
     resources: dict[str, OpResource] = {}
@@ -228,5 +229,5 @@ def build_resources(ops: Iterable[Op], core: Core, slots: Slots, max_body: int,
             if (route.method.upper(), template) in skip:
                 continue
             resource = resources.setdefault(template, OpResource(template))
-            resource.add(Endpoint(op, route, fields, core, slots, max_body, renderers.get(op.name)))
+            resource.add(Endpoint(op, route, fields, core, limits, max_body, renderers.get(op.name)))
     return resources

@@ -1,16 +1,25 @@
 """`GET /msg/{channel}/subscribe`: a channel's messages as Server-Sent Events.
 
-Each stream has a core connection of its own (SUBSCRIBE, then INFORM deliveries), so a
-stream never delays the worker thread's request connection. Every delivery is written as
+A stream is a coroutine (an async generator under Falcon's ASGI response), not a thread, so a
+worker holds as many as `http_max_streams` allows. Each stream has a core connection of its
+own (SUBSCRIBE, then INFORM deliveries) rather than sharing the worker's request connection
+through a demultiplexer, because the core already does per connection what a stream needs:
+it counts and drops deliveries for a subscriber that falls `subscriber_queue_max` behind and
+says so (`msg.dropped`, sent here as a gap), it orders a subscriber's deliveries, and it forgets
+the subscription when the connection closes. Sharing one connection would move all of that
+into the worker and let one slow browser hold back (or drop) every stream of its worker. The
+cost is a core.sock connection per stream (not counted against `ipc_max_connections`) and a
+frame per stream per published message. Every delivery is written as
 
     id: <message id>
     event: message
     data: {"id", "channel", "message", "sender", "ts"}
 
 with a `: keep-alive` comment after `sse_keepalive_s` of silence, so proxies and clients
-see the stream is alive. A stream ends when the client goes away (noticed within a second),
-the core goes away (the browser's EventSource reconnects by itself after `retry`), or the
-worker is stopping. Streams count against the worker's `Slots` (429 beyond the caps).
+see the stream is alive. A stream ends when the client goes away (the server's "client gone"
+future closes it at once), the core goes away (the browser's EventSource reconnects by itself
+after `retry`), or the worker is stopping (`stop_streams`). Streams count against the worker's
+`http_max_streams` (429 beyond it).
 
 Resuming. A client that reconnects with `Last-Event-ID: <id>` (what a browser's EventSource
 sends by itself) or `?after=<id>` (for clients that cannot set headers; the header wins, since
@@ -29,37 +38,40 @@ sends it on every reconnect) and `?after` is refused with 400.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable, Iterator
-from time import monotonic
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-import falcon
+from falcon.asgi import Request, Response
 
 from pdcore.errors import OpError
 from pdcore.ops.schema import INT_MAX, is_pattern
-from workers.corelink import CoreStream, peer_closed
-from workers.guard import client_key, unescape_param
-from workers.slots import Slots
+from workers.corelink import CoreStream
+from workers.guard import CLIENT_GONE, unescape_param
+from workers.limits import Limits
 
 RETRY_MS = 3000
 REPLAY_PAGE = 1000  # messages per msg.history call while replaying (that op's largest `limit`)
-_TICK_S = 1.0  # how often an idle stream checks for a gone client or a stopping worker
 
-_worker_alive: Callable[[], bool] = lambda: True  # noqa: E731 - replaced by the server per worker
+_open_streams: set[Any] = set()  # the core connections of this worker's open streams
 
 
-def watch_worker(alive: Callable[[], bool]) -> None:
-    """Let streams end when the gunicorn worker stops (called from post_worker_init)."""
-    global _worker_alive
-    _worker_alive = alive
+def stop_streams() -> None:
+    """End every open stream of this worker (it is stopping): each closes its core connection."""
+    for stream in list(_open_streams):
+        stream.close()
+
+
+def monotonic() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class StreamSource(Protocol):
     def stream(self) -> CoreStream: ...
 
-    def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
-             timeout_s: float | None = None) -> dict: ...
+    async def call(self, action: str, args: dict[str, Any], *, idempotent: bool = False,
+                   timeout_s: float | None = None) -> dict: ...
 
 
 def parse_event_id(text: str, field: str) -> int:
@@ -73,7 +85,7 @@ def parse_event_id(text: str, field: str) -> int:
     return int(value)
 
 
-def resume_after(req: falcon.Request, channel: str) -> int | None:
+def resume_after(req: Request, channel: str) -> int | None:
     """The id to resume after (`Last-Event-ID`, else `?after`), or None for a live-only stream."""
     header = req.get_header("Last-Event-ID")
     after = req.get_param("after")  # the last one when repeated
@@ -149,13 +161,19 @@ class Replay:
         self.channel = channel
         self.cursor = after
         self.last_sent = 0  # the newest id replayed; live deliveries at or below it are duplicates
-        self.first_page = self._page()  # read now, so a failure is still a JSON error reply
+        self.first_page: dict[str, Any] = {}
 
-    def _page(self) -> dict[str, Any]:
-        return self.core.call("msg.history", {"channel": self.channel, "after": self.cursor, "limit": REPLAY_PAGE},
-                              idempotent=True)
+    async def start(self) -> Replay:
+        """Read the first page now, so a failure is still a JSON error reply."""
+        self.first_page = await self._page()
+        return self
 
-    def events(self) -> Iterator[bytes]:
+    async def _page(self) -> dict[str, Any]:
+        return await self.core.call("msg.history",
+                                    {"channel": self.channel, "after": self.cursor, "limit": REPLAY_PAGE},
+                                    idempotent=True)
+
+    async def events(self) -> AsyncIterator[bytes]:
         """The `gap` event if any, then each kept message after the cursor as a `message` event."""
         page, self.first_page = self.first_page, {}
         until = page.get("lastId") or 0  # the newest id when the replay began
@@ -170,7 +188,7 @@ class Replay:
             if len(messages) < REPLAY_PAGE or self.cursor >= until:
                 return
             try:
-                page = self._page()
+                page = await self._page()
             except (OpError, OSError):
                 return  # ends the stream; the client resumes from the last id it got
 
@@ -182,97 +200,101 @@ class Replay:
 class ChannelEvents:
     """The SSE resource. `field` is the router's name for the channel path field."""
 
-    def __init__(self, core: StreamSource, slots: Slots, keepalive_s: float, field: str) -> None:
+    def __init__(self, core: StreamSource, limits: Limits, keepalive_s: float, field: str) -> None:
         self.core = core
-        self.slots = slots
+        self.cap = limits.streams
         self.keepalive_s = max(1.0, float(keepalive_s))
         self.field = field
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+    async def on_get(self, req: Request, resp: Response, **params: str) -> None:
         channel = unescape_param(params[self.field])
         after = resume_after(req, channel)  # a bad id is refused before anything is taken
-        client = client_key(req.env)
-        self.slots.take(client, f"event stream on {channel}")
-        stream: CoreStream | None = None
+        self.cap.take(f"event stream on {channel}")
+        stream = self.core.stream()
         replay: Replay | None = None
         try:
-            stream = self.core.stream()
-            stream.subscribe([channel])  # first: see Replay for why this order leaves no hole
+            await stream.subscribe([channel])  # first: see Replay for why this order leaves no hole
             if after is not None:
-                replay = Replay(self.core, channel, after)
+                replay = await Replay(self.core, channel, after).start()
         except BaseException:
-            if stream is not None:
-                stream.close()
-            self.slots.give_back(client)
+            stream.close()
+            self.cap.give_back()
             raise
         self._headers(resp)
-        events = self._events(stream, channel, req.env.get("gunicorn.socket"), replay)
-        resp.stream = EventIterator(events, stream, lambda: self.slots.give_back(client))
+        _open_streams.add(stream)
+        gone = req.scope.get(CLIENT_GONE)
+        if gone is not None:
+            gone.add_done_callback(lambda _: stream.close())  # the client left: end the stream now
+        resp.stream = EventStream(self._events(stream, channel, replay), stream, self.cap.give_back)
 
-    def on_head(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
-        """The GET's status and headers, without opening a stream (no core connection, no slot)."""
+    async def on_head(self, req: Request, resp: Response, **params: str) -> None:
+        """The GET's status and headers, without opening a stream (no core connection, no cap)."""
         resume_after(req, unescape_param(params[self.field]))
         self._headers(resp)
-        resp.stream = iter(())  # a body of unknown length, like the GET's: no Content-Length: 0
+        resp.stream = _no_body()  # a body of unknown length, like the GET's: no Content-Length: 0
 
     @staticmethod
-    def _headers(resp: falcon.Response) -> None:
+    def _headers(resp: Response) -> None:
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
 
-    def _events(self, stream: CoreStream, channel: str, client_sock: Any,
-                replay: Replay | None = None) -> Iterator[bytes]:
-        try:
-            yield f"retry: {RETRY_MS}\n: subscribed to {channel}\n\n".encode()
-            if replay is not None:
-                yield from replay.events()
-            last_id = replay.last_sent if replay is not None else 0  # the newest id this stream sent
-            quiet_since = monotonic()
-            while _worker_alive():
-                if client_sock is not None and peer_closed(client_sock):
-                    return
-                try:
-                    delivery = stream.next_delivery(_TICK_S)
-                except OSError:
-                    return  # the core went away; EventSource reconnects after `retry`
-                if delivery is not None:
-                    if delivery.get("action") == "msg.dropped":
-                        yield gap_event(channel=channel, after=None if is_pattern(channel) else last_id,
-                                        dropped=delivery.get("count") or 0)
-                        continue
-                    if replay is not None and replay.is_replayed(delivery):
-                        continue  # already sent from history (see Replay)
-                    yield format_event(delivery)
-                    if isinstance(delivery.get("id"), int):
-                        last_id = delivery["id"]
-                    quiet_since = monotonic()
-                elif monotonic() - quiet_since >= self.keepalive_s:
-                    yield b": keep-alive\n\n"
-                    quiet_since = monotonic()
-        finally:
-            stream.close()
+    async def _events(self, stream: CoreStream, channel: str, replay: Replay | None = None) -> AsyncIterator[bytes]:
+        yield f"retry: {RETRY_MS}\n: subscribed to {channel}\n\n".encode()
+        if replay is not None:
+            async for event in replay.events():
+                yield event
+        last_id = replay.last_sent if replay is not None else 0  # the newest id this stream sent
+        quiet_since = monotonic()
+        while True:
+            try:
+                delivery = await stream.next_delivery(max(0.0, quiet_since + self.keepalive_s - monotonic()))
+            except OSError:
+                return  # the core went away, the client left or the worker stops; EventSource reconnects
+            if delivery is not None:
+                if delivery.get("action") == "msg.dropped":
+                    yield gap_event(channel=channel, after=None if is_pattern(channel) else last_id,
+                                    dropped=delivery.get("count") or 0)
+                    continue
+                if replay is not None and replay.is_replayed(delivery):
+                    continue  # already sent from history (see Replay)
+                yield format_event(delivery)
+                if isinstance(delivery.get("id"), int):
+                    last_id = delivery["id"]
+                quiet_since = monotonic()
+            elif monotonic() - quiet_since >= self.keepalive_s:
+                yield b": keep-alive\n\n"
+                quiet_since = monotonic()
 
 
-class EventIterator:
-    """The WSGI body of a stream: releases the core connection and the slot exactly once when
-    the server closes it, even if it was never iterated (a generator's `finally` would not run)."""
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
-    def __init__(self, events: Iterator[bytes], stream: CoreStream, release: Callable[[], None]) -> None:
+
+class EventStream:
+    """The ASGI body of a stream: closes the core connection and gives the cap back exactly
+    once when the server closes it (Falcon awaits `close`), even if it was never iterated."""
+
+    def __init__(self, events: AsyncIterator[bytes], stream: CoreStream, release: Callable[[], None]) -> None:
         self.events = events
         self.stream = stream
         self.release: Callable[[], None] | None = release
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
         return self.events
 
-    def close(self) -> None:
-        self.events.close()  # type: ignore[attr-defined]
+    async def close(self) -> None:
+        self._release()
+        await self.events.aclose()  # type: ignore[attr-defined]
+
+    def _release(self) -> None:
         self.stream.close()
+        _open_streams.discard(self.stream)
         release, self.release = self.release, None
         if release is not None:
             release()
 
     def __del__(self) -> None:
         if self.release is not None:
-            self.close()
+            self._release()

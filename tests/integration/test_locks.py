@@ -80,8 +80,8 @@ class IpcLocker:
 
 
 def test_mutual_exclusion_and_increasing_fences_under_load(daemon_factory):
-    # Every HTTP waiter gets a worker thread, and all of them come from one client (127.0.0.1).
-    d = daemon_factory(ipc_rate_limit=0, http_threads=CLIENTS // 2 + 4, sse_max_per_client=CLIENTS)
+    # Every HTTP waiter is a parked call in a worker (well within http_max_parked).
+    d = daemon_factory(ipc_rate_limit=0)
     name = unique("hot")
     log: list[tuple[int, str]] = []  # (fence, owner) appended while holding
     guard = threading.Lock()

@@ -13,10 +13,9 @@ import time
 import uuid
 
 import pytest
-from falcon import testing
 
 from pdcore.config import Config
-from pdcore.testing import token_home
+from pdcore.testing import local_client, token_home
 from workers import sse
 from workers.app import create_app
 
@@ -271,7 +270,7 @@ class JoinCore:
             self.live.append({"action": "msg.delivery", "id": self.last_id, "channel": "c", "message": self.last_id,
                               "sender": None, "ts": 0})
 
-    def call(self, action: str, args: dict, *, idempotent: bool = False, timeout_s: float | None = None) -> dict:
+    async def call(self, action: str, args: dict, *, idempotent: bool = False, timeout_s: float | None = None) -> dict:
         assert action == "msg.history" and idempotent
         self.history_calls.append(args)
         found = [i for i in self.ring if i > args["after"]][:args["limit"]]
@@ -286,13 +285,13 @@ class JoinCore:
     def stream(self) -> JoinCore:
         return self
 
-    def subscribe(self, channels: list[str], timeout_s: float = 30.0) -> dict:
+    async def subscribe(self, channels: list[str], timeout_s: float = 30.0) -> dict:
         self.live = []
         for _ in range(self.on_subscribe.pop(0) if self.on_subscribe else 0):
             self.publish()
         return {"action": "subscribe", "channels": channels}
 
-    def next_delivery(self, timeout_s: float) -> dict | None:
+    async def next_delivery(self, timeout_s: float) -> dict | None:
         if self.live:
             return self.live.pop(0)
         raise ConnectionError("the core closed the connection")  # ends the stream
@@ -303,7 +302,7 @@ class JoinCore:
 
 def stream_events(core: JoinCore, last_event_id: int) -> list[tuple[str, int | None]]:
     home, headers = token_home()
-    client = testing.TestClient(create_app(Config(home=home), core=core), headers=headers)  # type: ignore[arg-type]
+    client = local_client(create_app(Config(home=home), core=core), headers=headers)  # type: ignore[arg-type]
     resp = client.simulate_get("/msg/c/subscribe", headers={"Last-Event-ID": str(last_event_id)})
     assert resp.status_code == 200, resp.text
     out = []

@@ -13,9 +13,8 @@ import json
 import math
 import random
 import re
-import socket
+from types import SimpleNamespace
 
-import gunicorn.util
 import pytest
 from falcon import testing
 
@@ -34,7 +33,7 @@ from pdcore.ops.schema import (
     compile_validator,
     loads_json,
 )
-from pdcore.testing import token_home
+from pdcore.testing import local_client, token_home
 from workers import openapi, server
 from workers.app import create_app
 from workers.corelink import CoreClient
@@ -141,7 +140,7 @@ def test_query_nan_for_a_dict_argument_is_refused():
 @pytest.fixture
 def client(tmp_path) -> testing.TestClient:
     link = CoreClient(tmp_path / "core.sock", connect_wait_ms=0)
-    return testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
+    return local_client(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
 
 
 def _post(client: testing.TestClient, path: str, raw: bytes) -> testing.Result:
@@ -193,11 +192,11 @@ def test_unknown_body_keys_do_not_reach_the_core(tmp_path):
     seen: list[dict] = []
 
     class Core:
-        def call(self, action: str, args: dict, **_: object) -> dict:
+        async def call(self, action: str, args: dict, **_: object) -> dict:
             seen.append(dict(args))
             return {}
 
-    client = testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=Core()), headers=LOCAL)
+    client = local_client(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=Core()), headers=LOCAL)
     resp = client.simulate_post("/claim", json={"id": "app:api", "junk": 1, "agentId": "a1", "action": "x"})
     assert resp.status_code == 200
     assert seen == [{"id": "app:api", "agentId": "a1"}]
@@ -220,15 +219,15 @@ def test_gunicorn_refusals_are_json_error_bodies(status: int, code: str, field: 
     assert parsed == {"success": False, "error": parsed["error"], "code": code, "reason": code, "field": field}
 
 
-def test_the_http_server_makes_gunicorn_write_json_errors(monkeypatch):
-    monkeypatch.setattr(gunicorn.util, "write_error", gunicorn.util.write_error)
-    server.HttpServer(Config(home="/nonexistent-pd-home"))  # load_config runs in the constructor
-    assert gunicorn.util.write_error is server.write_json_error
-    a, b = socket.socketpair()
-    with a, b:
-        gunicorn.util.write_error(a, 414, "URI Too Long", "Request Line is too large (5025 > 4094)")
-        reply = b.recv(65536)
-    assert json.loads(reply.partition(b"\r\n\r\n")[2])["code"] == "too_large"
+def test_the_servers_own_refusals_are_written_as_json():
+    """gunicorn's ASGI protocol answers a request it cannot parse through `_send_error_response`;
+    the door's protocol writes our JSON body there (checked end to end in test_bad_input_fuzzed)."""
+    written: list[bytes] = []
+    stand_in = SimpleNamespace(_safe_write=written.append)
+    server.DoorProtocol._send_error_response(stand_in, 414, "Request Line is too large (5025 > 4094)")  # type: ignore[arg-type]
+    head, _, body = b"".join(written).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414 ") and b"Content-Type: application/json" in head
+    assert json.loads(body)["code"] == "too_large"
 
 
 # -- the spec says what the validators accept --------------------------------------------------

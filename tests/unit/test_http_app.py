@@ -8,9 +8,11 @@ table cover every route.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
+import os
 import re
-import socket
 from typing import Any
 
 import pytest
@@ -20,15 +22,15 @@ from pdcore.config import Config
 from pdcore.errors import STATUS_BY_CODE, OpError
 from pdcore.ops import CATALOGUE
 from pdcore.ops.schema import Arg, Op, Route
-from pdcore.testing import token_home
+from pdcore.testing import local_client, token_home
 from workers import openapi, sse
 from workers.app import create_app
 from workers.corelink import CoreClient, reply_timeout
-from workers.guard import is_loopback_host, is_loopback_origin
+from workers.guard import UNIX_PEER_UID, is_loopback_host, is_loopback_origin
+from workers.limits import Limits
 from workers.metrics import render_prometheus
 from workers.routes import OpResource, build_resources, router_template
-from workers.server import SOCKET_UMASK, gunicorn_settings, throttle_heartbeat
-from workers.slots import Slots
+from workers.server import SOCKET_UMASK, gunicorn_settings
 
 APP_HOME, LOCAL = token_home()  # Host and the home's token: a local caller that may call
 
@@ -42,13 +44,13 @@ class FakeStream:
         self.subscribed: list[str] = []
         self.closed = False
 
-    def subscribe(self, channels: list[str], timeout_s: float = 30.0) -> dict:
+    async def subscribe(self, channels: list[str], timeout_s: float = 30.0) -> dict:
         if self.refuse is not None:
             raise self.refuse
         self.subscribed = channels
         return {"action": "subscribe", "channels": channels}
 
-    def next_delivery(self, timeout_s: float) -> dict | None:
+    async def next_delivery(self, timeout_s: float) -> dict | None:
         if self.deliveries:
             return self.deliveries.pop(0)
         raise ConnectionError("the core closed the connection")
@@ -58,22 +60,28 @@ class FakeStream:
 
 
 class FakeCore:
-    """Records calls; answers with `results[action]` (a dict, an exception, or a function)."""
+    """Records calls; answers with `results[action]` (a dict, an exception, or a function,
+    which may be a coroutine function)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict, bool]] = []
+        self.timeouts: list[float | None] = []
         self.results: dict[str, Any] = {}
         self.streams: list[FakeStream] = []
         self.deliveries: list[dict] = []
         self.refuse: OpError | None = None
 
-    def call(self, action: str, args: dict, *, idempotent: bool = False, timeout_s: float | None = None) -> dict:
+    async def call(self, action: str, args: dict, *, idempotent: bool = False,
+                   timeout_s: float | None = None) -> dict:
         self.calls.append((action, dict(args), idempotent))
+        self.timeouts.append(timeout_s)
         result = self.results.get(action, {"echo": action})
         if isinstance(result, BaseException):
             raise result
         if callable(result):
-            return result(args)
+            result = result(args)
+            if inspect.isawaitable(result):
+                result = await result
         return result
 
     def stream(self) -> FakeStream:
@@ -104,12 +112,15 @@ PARKING_OP = Op("test.wait", "test.wait", "Parks.", args=(Arg("wait", "int"),), 
                 routes=(Route("POST", "/test-wait"),))
 
 
-def make_client(core: FakeCore, monkeypatch: pytest.MonkeyPatch | None = None, **settings: Any) -> testing.TestClient:
+def make_app(core: FakeCore, monkeypatch: pytest.MonkeyPatch | None = None, **settings: Any) -> Any:
     if monkeypatch is not None:
         monkeypatch.setitem(CATALOGUE, ECHO_OP.name, ECHO_OP)
         monkeypatch.setitem(CATALOGUE, PARKING_OP.name, PARKING_OP)
-    config = Config(home=APP_HOME, **settings)
-    return testing.TestClient(create_app(config, core=core), headers=LOCAL)
+    return create_app(Config(home=APP_HOME, **settings), core=core)
+
+
+def make_client(core: FakeCore, monkeypatch: pytest.MonkeyPatch | None = None, **settings: Any) -> testing.TestClient:
+    return local_client(make_app(core, monkeypatch, **settings), headers=LOCAL)
 
 
 @pytest.fixture
@@ -200,7 +211,7 @@ def test_fields_named_differently_at_one_level_do_not_conflict():
            Op("a.parts", "a.parts", "B.", args=(Arg("thingId", where="path"),),
               routes=(Route("GET", "/things/{thingId}/parts"),))]
     core = FakeCore()
-    resources = build_resources(ops, core, Slots(4, 4), 1000, {}, skip=set())
+    resources = build_resources(ops, core, Limits(4, 4), 1000, {}, skip=set())
     assert set(resources) == {"/things/{p2}", "/things/{p2}/parts"}
     assert router_template("/things/{thingId}/parts") == ("/things/{p2}/parts", {"p2": "thingId"})
     assert router_template("/files/{path:path}") == ("/files/{p2:path}", {"p2": "path"})
@@ -210,7 +221,7 @@ def test_two_ops_on_one_method_and_path_are_refused_at_build_time():
     ops = [Op("a.one", "a.one", "A.", routes=(Route("GET", "/same"),)),
            Op("a.two", "a.two", "B.", routes=(Route("GET", "/same"),))]
     with pytest.raises(ValueError, match="routed to both"):
-        build_resources(ops, FakeCore(), Slots(4, 4), 1000, {}, skip=set())
+        build_resources(ops, FakeCore(), Limits(4, 4), 1000, {}, skip=set())
     assert isinstance(OpResource("/x"), OpResource)
 
 
@@ -255,7 +266,7 @@ def test_every_error_code_maps_to_its_status(core: FakeCore, client: testing.Tes
 
 def test_core_down_is_503_saying_how_to_start_it(tmp_path):
     link = CoreClient(tmp_path / "core.sock", connect_wait_ms=0)
-    client = testing.TestClient(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
+    client = local_client(create_app(Config(home=tmp_path, token_path=APP_HOME / "auth.token"), core=link), headers=LOCAL)
     resp = client.simulate_get("/health")
     assert resp.status_code == 503
     assert resp.json["reason"] == "unavailable"
@@ -297,19 +308,15 @@ def test_other_hosts_are_refused(host: str):
 
 
 def test_a_foreign_host_header_over_tcp_is_403_bad_host(core: FakeCore, client: testing.TestClient):
-    resp = client.simulate_get("/health", headers={"Host": "rebind.evil.example"}, remote_addr="127.0.0.1")
+    resp = client.simulate_get("/health", host="rebind.evil.example", remote_addr="127.0.0.1")
     assert resp.status_code == 403
     assert resp.json["reason"] == "bad_host" and resp.json["field"] == "Host"
     assert core.calls == []
 
 
 def test_the_unix_socket_is_not_host_checked(core: FakeCore, client: testing.TestClient):
-    unix, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # the peer is this process: the owner
-    try:
-        resp = client.simulate_get("/health", headers={"Host": "anything"}, extras={"gunicorn.socket": unix})
-    finally:
-        unix.close()
-        peer.close()
+    # the server marks a daemon.sock request with its peer's uid: here this process's, the owner
+    resp = client.simulate_get("/health", host="anything", extras={UNIX_PEER_UID: os.getuid()})
     assert resp.status_code == 200
 
 
@@ -430,8 +437,8 @@ def test_sse_streams_deliveries_as_message_events(core: FakeCore, client: testin
 
 
 def test_sse_releases_its_slot_when_the_stream_ends(core: FakeCore, monkeypatch):
-    client = make_client(core, monkeypatch, sse_max_per_client=1)
-    for _ in range(3):  # would be refused from the second on if the slot leaked
+    client = make_client(core, monkeypatch, http_max_streams=1)
+    for _ in range(3):  # would be refused from the second on if the cap leaked
         assert client.simulate_get("/msg/a/subscribe").status_code == 200
 
 
@@ -449,7 +456,7 @@ def test_sse_keepalive_comment_when_idle(monkeypatch):
             super().__init__([])
             self.ticks = 0
 
-        def next_delivery(self, timeout_s: float) -> dict | None:
+        async def next_delivery(self, timeout_s: float) -> dict | None:
             self.ticks += 1
             if self.ticks > 3:
                 raise ConnectionError
@@ -457,39 +464,66 @@ def test_sse_keepalive_comment_when_idle(monkeypatch):
 
     times = iter([0.0, 0.0, 20.0, 20.0, 40.0, 40.0, 60.0, 60.0])
     monkeypatch.setattr(sse, "monotonic", lambda: next(times, 100.0))
-    events = sse.ChannelEvents(FakeCore(), Slots(2, 2), keepalive_s=15, field="p2")
-    chunks = list(events._events(Quiet(), "c", None))
+    events = sse.ChannelEvents(FakeCore(), Limits(2, 2), keepalive_s=15, field="p2")
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in events._events(Quiet(), "c")]
+
+    chunks = asyncio.run(collect())
     assert chunks[0].startswith(b"retry: ")
     assert b": keep-alive\n\n" in chunks
 
 
-def test_slots_cap_per_client_and_per_worker():
-    slots = Slots(max_total=3, max_per_client=2)
-    slots.take("a", "x")
-    slots.take("a", "x")
+def test_caps_per_worker_name_their_setting():
+    limits = Limits(max_streams=2, max_parked=1)
+    limits.streams.take("x")
+    limits.streams.take("x")
     with pytest.raises(OpError) as err:
-        slots.take("a", "x")
-    assert err.value.code == "rate_limited" and "sse_max_per_client" in err.value.message
-    slots.take("b", "x")
+        limits.streams.take("x")
+    assert err.value.code == "rate_limited" and "http_max_streams=2" in err.value.message
+    assert err.value.extra["limit"] == "http_max_streams" and err.value.extra["retryAfter"] == 1
+    limits.parked.take("y")  # a cap of its own
     with pytest.raises(OpError) as err:
-        slots.take("c", "x")
-    assert "http_max_waiting" in err.value.message
-    slots.give_back("a")
-    slots.take("c", "x")
+        limits.parked.take("y")
+    assert "http_max_parked=1" in err.value.message
+    limits.streams.give_back()
+    limits.streams.take("x")
+
+
+def _conduct(app: Any, scenario: Any) -> Any:
+    """Run `scenario(conductor)` against `app` on one event loop (requests can overlap)."""
+    async def run() -> Any:
+        async with testing.ASGIConductor(app, headers=LOCAL) as conductor:
+            return await scenario(conductor)
+
+    return asyncio.run(run())
 
 
 def test_parked_ops_over_the_cap_get_429_with_retry_after(core: FakeCore, monkeypatch):
-    client = make_client(core, monkeypatch, http_max_waiting=1)
+    app = make_app(core, monkeypatch, http_max_parked=1)
 
-    def parked(args: dict) -> dict:
-        inner = client.simulate_post("/test-wait", json={"wait": 10})  # a second waiter while one waits
-        return {"inner": inner.status_code, "retry": inner.headers.get("retry-after")}
+    async def scenario(conductor: testing.ASGIConductor) -> tuple[Any, Any, Any]:
+        release = asyncio.Event()
 
-    core.results["test.wait"] = parked
-    resp = client.simulate_post("/test-wait", json={"wait": 10})
-    assert resp.json["inner"] == 429 and resp.json["retry"] == "1"
-    core.results["test.wait"] = {"ok": True}
-    assert client.simulate_post("/test-wait", json={}).status_code == 200  # slot came back
+        async def parked(args: dict) -> dict:
+            await release.wait()
+            return {"ok": True}
+
+        core.results["test.wait"] = parked
+        first = asyncio.ensure_future(conductor.simulate_post("/test-wait", json={"wait": 10}, host="localhost"))
+        while not core.calls:
+            await asyncio.sleep(0.001)
+        inner = await conductor.simulate_post("/test-wait", json={"wait": 10}, host="localhost")  # a second waiter
+        release.set()
+        outer = await first
+        again = await conductor.simulate_post("/test-wait", json={"wait": 10}, host="localhost")
+        return outer, inner, again
+
+    outer, inner, again = _conduct(app, scenario)
+    assert outer.status_code == 200
+    assert inner.status_code == 429 and inner.headers.get("retry-after") == "1"
+    assert inner.json["reason"] == "rate_limited" and inner.json["limit"] == "http_max_parked"
+    assert again.status_code == 200  # the cap came back
 
 
 # -- small pieces -----------------------------------------------------------------------------
@@ -502,52 +536,33 @@ def test_reply_timeout_follows_the_request_wait():
     assert reply_timeout({}, parks=True) == 40.0  # the core's own default timeout answers first
 
 
-def test_only_calls_that_may_park_take_a_waiting_slot(core: FakeCore, monkeypatch):
-    client = make_client(core, monkeypatch, http_max_waiting=1)
+def test_only_calls_that_may_park_take_a_parked_place(core: FakeCore, monkeypatch):
+    app = make_app(core, monkeypatch, http_max_parked=1)
     inner: list[int] = []
 
-    def parked(args: dict) -> dict:
-        if args.get("wait"):
-            inner.append(client.simulate_post("/test-wait", json={}).status_code)  # no wait: no slot
-        return {}
+    async def scenario(conductor: testing.ASGIConductor) -> int:
+        async def parked(args: dict) -> dict:
+            if args.get("wait"):  # no wait: no place taken
+                inner.append((await conductor.simulate_post("/test-wait", json={}, host="localhost")).status_code)
+            return {}
 
-    core.results["test.wait"] = parked
-    assert client.simulate_post("/test-wait", json={"wait": 50}).status_code == 200
+        core.results["test.wait"] = parked
+        return (await conductor.simulate_post("/test-wait", json={"wait": 50}, host="localhost")).status_code
+
+    assert _conduct(app, scenario) == 200
     assert inner == [200]
-    seen: list[float | None] = []
-    core.call = lambda action, args, idempotent=False, timeout_s=None: seen.append(timeout_s) or {}
+    client = local_client(app, headers=LOCAL)
+    core.results["test.wait"] = {}
     client.simulate_post("/test-wait", json={"wait": 5000})
-    assert seen == [15.0]
-
-
-def test_the_worker_heartbeat_is_beaten_at_most_every_quarter_timeout(monkeypatch):
-    class Worker:
-        timeout = 2
-        beats = 0
-
-        def notify(self) -> None:
-            self.beats += 1
-
-    clock = [100.0]
-    monkeypatch.setattr("workers.server.time.monotonic", lambda: clock[0])
-    worker = Worker()
-    throttle_heartbeat(worker)
-    for _ in range(1000):  # one busy stretch of the worker's loop
-        worker.notify()
-    assert worker.beats == 1
-    clock[0] += 0.49
-    worker.notify()
-    assert worker.beats == 1
-    clock[0] += 0.02  # half a second (timeout / 4) since the last beat
-    worker.notify()
-    assert worker.beats == 2
+    assert core.timeouts[-1] == 15.0
 
 
 def test_gunicorn_settings_bind_the_socket_and_loopback_only():
-    cfg = Config(home="/tmp/pd-x", tcp_port=9999, http_workers=3, http_threads=4)
+    cfg = Config(home="/tmp/pd-x", tcp_port=9999, http_workers=3, http_max_connections=77)
     settings = gunicorn_settings(cfg)
     assert settings["bind"] == ["unix:/tmp/pd-x/daemon.sock", "127.0.0.1:9999"]
-    assert (settings["worker_class"], settings["workers"], settings["threads"]) == ("gthread", 3, 4)
+    assert (settings["worker_class"], settings["workers"]) == ("workers.server.DoorWorker", 3)
+    assert settings["worker_connections"] == 77 and settings["http_parser"] == "auto"
     assert settings["preload_app"] is True and settings["accesslog"] is None
     assert settings["errorlog"] == "/tmp/pd-x/daemon.log"
     assert 0o777 & ~SOCKET_UMASK == 0o600
@@ -567,8 +582,7 @@ def test_every_reply_names_the_home_it_serves(client: testing.TestClient):
 def test_tcp_without_the_token_is_refused_before_the_core_is_asked(core: FakeCore, client: testing.TestClient):
     resp = client.simulate_get("/services", headers={"Authorization": ""}, extras={})
     assert resp.status_code == 401 and resp.json["code"] == "unauthorized"
-    resp = testing.TestClient(create_app(Config(home=APP_HOME), core=core)).simulate_get(
-        "/services", headers={"Host": "localhost"})
+    resp = local_client(create_app(Config(home=APP_HOME), core=core)).simulate_get("/services")
     assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
     assert str(APP_HOME / "auth.token") in resp.json["error"] and resp.json["field"] == "Authorization"
     assert core.calls == []

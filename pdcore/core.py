@@ -119,7 +119,7 @@ class Connection(asyncio.Protocol):
         self.pid = 0  # the peer process (SO_PEERCRED), whose public connections are counted together
         self.transport: asyncio.Transport | None = None
         # Unfinished messages of public connections share the daemon's budget; core.sock carries
-        # the HTTP workers' requests, already bounded by http_max_body per worker thread.
+        # the HTTP workers' requests, already bounded by http_max_body per request.
         self.decoder = P.FrameDecoder(core.config.ipc_max_message, core.pending if public else None)
         self.out: list[bytes] = []
         self.strikes = 0

@@ -34,7 +34,7 @@ from pdcore.state.takerecords import fingerprint
 from pdcore.state.tuplepattern import Pattern
 from pdcore.state.tuples import TupleRecord, out_keys, tuple_channel, wait_keys
 from pdcore.team.link import TeamLink, team_unavailable, ttl_seconds
-from pdcore.team.space import TUPLES
+from pdcore.team.space import TUPLES, stream_name
 
 _WRONG_LAST = (10071, 10164)  # JetStream: "wrong last sequence" (another taker got there first)
 TOMBSTONE_TTL_S = 300  # server life of a tombstone without a requestId: long enough for every mirror to see it
@@ -59,6 +59,7 @@ class TeamTuples:
         self.subjects: dict[int, str] = {}  # tuple id (stream sequence) -> its subject
         self.claiming: set[int] = set()  # tuple ids a take of this host is trying right now
         self.inflight: set[str] = set()  # request ids of takes in flight on this host
+        self.uncertain: OrderedDict[str, None] = OrderedDict()  # request ids whose take here ended unanswered
         # requestId -> (fingerprint, taken tuples, expires at), from tombstones (every host's)
         self.records: OrderedDict[str, tuple[str, list[dict], int]] = OrderedDict()
         self.waited: set[tuple] = set()  # keys calls of this host parked on (woken when the link goes down)
@@ -161,6 +162,11 @@ class TeamTuples:
             self.waited.add(key)
             return Park((key,), ctx.now + 2 * self.config.team_op_timeout_ms,
                         team_unavailable("an earlier take with this requestId is still unanswered"))
+        if request_id is not None and request_id in self.uncertain:
+            # its tombstone may be stored but not in the mirror yet: catch up with the stream, then look
+            del self.uncertain[request_id]
+            return self.link.call(self._catch_up, request_id, then=lambda _: self.take(
+                ctx, pattern, harbor, limit, wait_ms, actor, request_id, asked))
         repeat = self.recall(ctx, request_id, asked)
         if repeat is not None:
             return repeat
@@ -216,11 +222,16 @@ class TeamTuples:
 
         A failure after some were won still reports them (they are taken; the caller must get them).
         The candidates are free for this host's other takers again however the call ends."""
+        answered = False
         try:
-            return await self._tombstones(tries, limit, ttl_s)
+            outcome = await self._tombstones(tries, limit, ttl_s)
+            answered = outcome[2] is None
+            return outcome
         finally:
             self.claiming.difference_update(seq for _, seq, _ in tries)
             if request_id is not None:
+                if not answered:
+                    self._uncertain(request_id)
                 self.inflight.discard(request_id)
                 self.root.wake(("tuple.request", request_id))
                 self.link.after_change()
@@ -244,6 +255,20 @@ class TeamTuples:
                 return won, lost, team_unavailable(self.link._failed(f"{type(exc).__name__}: {exc}"))
             won.append(seq)
         return won, lost, None
+
+    def _uncertain(self, request_id: str) -> None:
+        self.uncertain[request_id] = None
+        while len(self.uncertain) > self.config.take_records_max:
+            self.uncertain.popitem(last=False)
+
+    async def _catch_up(self, request_id: str) -> None:
+        """Wait until the mirror holds everything the stream holds now (tombstones of an earlier try too)."""
+        try:
+            info = await self.link.js.stream_info(stream_name(self.link.space, TUPLES.short))
+            await self.link.applied(TUPLES.short, info.state.last_seq)
+        except BaseException:
+            self._uncertain(request_id)
+            raise
 
     def recall(self, ctx: Ctx, request_id: str | None, asked: dict) -> dict | None:
         """The recorded answer of a take with this requestId (team-wide), or None when none was made."""

@@ -289,7 +289,7 @@ class Channels(Primitive):
             return empty
         key = ANY_CHANNEL if is_pattern(channel) else channel_key(channel)
         if self.team is not None:
-            self.team.waited.add(key)
+            self.team.waited.add((key,), ctx.now + wait, ctx.now)
         return Park(keys=(key,), deadline=ctx.now + wait, on_timeout=empty)
 
     @staticmethod

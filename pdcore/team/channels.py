@@ -22,7 +22,7 @@ from typing import Any
 
 from pdcore.state.base import Await, Ctx
 from pdcore.state.channels import Message, message_size
-from pdcore.team.link import TeamLink, team_unavailable, ttl_seconds
+from pdcore.team.link import ParkedKeys, TeamLink, team_unavailable, ttl_seconds
 from pdcore.team.space import CHANNELS, stream_name
 
 CLEAR_TOKEN = "clear"  # pd.<space>.channels.clear: a clear marker; messages are under .m.<channel>
@@ -43,7 +43,7 @@ class TeamChannels:
         self.link = link
         self.seen = 0  # the last stream sequence the mirror applied
         self.live_from = 0  # messages from this sequence on are pushed to subscribers (older: history)
-        self.waited: set[tuple] = set()  # keys long-polls of this host parked on
+        self.waited = ParkedKeys()  # keys long-polls of this host parked on (woken when the link goes down)
         self.dropped = 0  # events published while the team was unreachable (delivered here only)
         link.follow(CHANNELS.short, self._opened, self._message)
         link.on_down.append(self._link_down)
@@ -77,9 +77,7 @@ class TeamChannels:
         self.channels.append(msg, push=seq >= self.live_from, hooks=body.get("host") == self.link.host_id)
 
     def _link_down(self) -> None:
-        for key in self.waited:  # parked long-polls retry now and fail with team_unavailable
-            self.root.wake(key)
-        self.waited = set()
+        self.waited.wake_all(self.root)  # parked long-polls retry now and fail with team_unavailable
 
     def require(self) -> None:
         """Reads answer from the mirror only while it follows the stream."""

@@ -108,6 +108,29 @@ class Follower:
             self.waiting = still
 
 
+class ParkedKeys:
+    """The wake keys calls of this host parked on, with their latest deadline: when the link goes
+    down they are all woken, so the calls retry and fail with team_unavailable rather than wait
+    blind. Keys whose waits are over are dropped as the set grows, so it stays bounded."""
+
+    def __init__(self) -> None:
+        self.deadlines: dict[Any, int] = {}
+        self._prune_at = 1024
+
+    def add(self, keys: tuple, deadline: int, now: int) -> None:
+        for key in keys:
+            if self.deadlines.get(key, 0) < deadline:
+                self.deadlines[key] = deadline
+        if len(self.deadlines) > self._prune_at:
+            self.deadlines = {k: d for k, d in self.deadlines.items() if d > now}
+            self._prune_at = max(1024, 2 * len(self.deadlines))
+
+    def wake_all(self, root: Any) -> None:
+        for key in self.deadlines:
+            root.wake(key)
+        self.deadlines = {}
+
+
 def connect_options(config: Config) -> dict[str, Any]:
     """nats.connect() arguments for the team settings (also used by `pd team join`)."""
     opts: dict[str, Any] = {

@@ -33,7 +33,7 @@ from pdcore.state.base import Await, Ctx, Park
 from pdcore.state.takerecords import fingerprint
 from pdcore.state.tuplepattern import Pattern
 from pdcore.state.tuples import TupleRecord, out_keys, tuple_channel, wait_keys
-from pdcore.team.link import TeamLink, team_unavailable, ttl_seconds
+from pdcore.team.link import ParkedKeys, TeamLink, team_unavailable, ttl_seconds
 from pdcore.team.space import TUPLES, stream_name
 
 _WRONG_LAST = (10071, 10164)  # JetStream: "wrong last sequence" (another taker got there first)
@@ -62,7 +62,7 @@ class TeamTuples:
         self.uncertain: OrderedDict[str, None] = OrderedDict()  # request ids whose take here ended unanswered
         # requestId -> (fingerprint, taken tuples, expires at), from tombstones (every host's)
         self.records: OrderedDict[str, tuple[str, list[dict], int]] = OrderedDict()
-        self.waited: set[tuple] = set()  # keys calls of this host parked on (woken when the link goes down)
+        self.waited = ParkedKeys()  # keys calls of this host parked on (woken when the link goes down)
         link.follow(TUPLES.short, self._opened, self._message)
         link.on_down.append(self._link_down)
 
@@ -116,9 +116,7 @@ class TeamTuples:
             self.records.popitem(last=False)
 
     def _link_down(self) -> None:
-        for key in self.waited:  # parked reads and takes retry now and fail with team_unavailable
-            self.root.wake(key)
-        self.waited = set()
+        self.waited.wake_all(self.root)  # parked reads and takes retry now and fail with team_unavailable
 
     def require(self) -> None:
         """Reads answer from the mirror only while it follows the stream."""
@@ -127,7 +125,7 @@ class TeamTuples:
 
     def park(self, harbor: str | None, pattern: Pattern, deadline: int, on_timeout: Any) -> Park:
         keys = wait_keys(harbor, pattern)
-        self.waited.update(keys)
+        self.waited.add(keys, deadline, self.root.clock())
         return Park(keys, deadline, on_timeout)
 
     # -- out ---------------------------------------------------------------------------------
@@ -159,9 +157,9 @@ class TeamTuples:
         """Take the oldest matches: a tombstone per tuple, compare-and-set on its subject; retry past losers."""
         if request_id is not None and request_id in self.inflight:  # its first try is still in flight here
             key = ("tuple.request", request_id)
-            self.waited.add(key)
-            return Park((key,), ctx.now + 2 * self.config.team_op_timeout_ms,
-                        team_unavailable("an earlier take with this requestId is still unanswered"))
+            deadline = ctx.now + 2 * self.config.team_op_timeout_ms
+            self.waited.add((key,), deadline, ctx.now)
+            return Park((key,), deadline, team_unavailable("an earlier take with this requestId is still unanswered"))
         if request_id is not None and request_id in self.uncertain:
             # its tombstone may be stored but not in the mirror yet: catch up with the stream, then look
             del self.uncertain[request_id]

@@ -8,7 +8,9 @@ taker on any host wins; a loser tries the next match. The stream keeps one messa
 so the tombstone also discards the tuple; the tombstone carries the taken tuple, the taker and
 its `requestId`, and lives `take_record_ttl_ms` on the server when it has one: the take record is
 written in the very step that takes the tuple, so a repeat after a lost reply (on this host, after
-a kill -9 and restart, or on another host) is answered from it.
+a kill -9 and restart, or on another host) is answered from it. A take that ended here without an
+answer marks its request id: its repeat first waits until the mirror holds all the stream holds,
+so a tombstone whose acknowledgement was lost is found rather than a second tuple taken.
 
 Every host follows the stream with an ordered consumer into the local index of
 pdcore.state.tuples (the mirror): `rd`, `scan`, `count`, `poll` read it, tuples appear there when

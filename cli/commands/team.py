@@ -62,7 +62,7 @@ def _check_space(config: Config) -> str:
             raise (errors[-1] if errors else exc) from None
         try:
             js = nc.jetstream(timeout=config.team_op_timeout_ms / 1000)
-            await open_space(js, config.team_space, config.team_replicas)
+            await open_space(js, config)
             version = (nc._server_info or {}).get("version", "?")
             return f"{nc.connected_url.hostname}:{nc.connected_url.port} (nats-server {version})"
         finally:

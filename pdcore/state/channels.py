@@ -7,6 +7,8 @@ nor many channels grow memory without bound. Nothing here is written to the data
 the block-reserved message id counter, which keeps ids increasing across restarts so a poller's
 `after` stays meaningful. Pushing to IPC subscribers is the core's job: `publish_event` hands
 each message to `root.deliver`. Long-polls park on `("channel", name)`.
+In team mode the rings mirror the team's `channels` stream and the stream sequence is the
+message id (pdcore/team/channels.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from pdcore.errors import OpError
 from pdcore.ops.schema import is_pattern
-from pdcore.state.base import Ctx, Park, Primitive
+from pdcore.state.base import Await, Ctx, Park, Primitive
 from pdcore.state.sequence import BlockSequence
 from pdcore.timers import Timer
 
@@ -100,12 +102,22 @@ class Channels(Primitive):
         self.total_bytes = 0
         self.published = 0
         self._sweep_timer: Timer | None = None
+        self.team: Any = None  # TeamChannels in team mode: the rings mirror the team's stream
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): every channel is the team's, on the space's `channels` stream."""
+        from pdcore.team.channels import TeamChannels
+
+        self.team = TeamChannels(self, link)
 
     def load(self, now: int) -> None:
         self.ids.load()
 
     def counts(self) -> dict[str, int]:
-        return {"channels": len(self.rings), "channel_messages": self.live, "channel_bytes": self.total_bytes}
+        out = {"channels": len(self.rings), "channel_messages": self.live, "channel_bytes": self.total_bytes}
+        if self.team is not None:
+            out.update(self.team.counts())
+        return out
 
     # -- ring upkeep -----------------------------------------------------------------------
     def _pop_oldest(self, ring: Ring) -> Message:
@@ -182,13 +194,23 @@ class Channels(Primitive):
 
     # -- the publishing path ---------------------------------------------------------------
     def publish_event(self, channel: str, message: Any, sender: str | None, now: int,
-                      expires_at: int | None = None, size: int | None = None) -> int:
+                      expires_at: int | None = None, size: int | None = None) -> int | None:
         """Append to the channel's ring, push to subscribers, wake pollers; return the message id.
 
         `root.publish` calls this for events other primitives emit (`pd:agents`, integration, ...).
+        In team mode the message goes to the team's stream in the background (id None here).
         """
         size = message_size(message) if size is None else size
-        msg = Message(self.ids.next(), channel, message, sender, now, expires_at, size)
+        if self.team is not None:
+            self.team.publish_event(channel, message, sender, now, expires_at)
+            return None
+        return self.append(Message(self.ids.next(), channel, message, sender, now, expires_at, size))
+
+    def append(self, msg: Message, push: bool = True, hooks: bool = True) -> int:
+        """Keep `msg` in its channel's ring; push it to subscribers and wake pollers (`push`),
+        tell the webhooks (`hooks`); its id."""
+        channel, now = msg.channel, msg.ts
+        size = msg.size
         ring = self.rings.get(channel)
         if ring is None:
             ring = self.rings[channel] = Ring(channel)
@@ -205,18 +227,20 @@ class Channels(Primitive):
             self._compact_order()
         self._arm_sweep(now)
         root = self.root
-        root.deliver(channel, msg.delivery())
-        root.wake(channel_key(channel))
-        root.wake(ANY_CHANNEL)
-        hooks = root.primitives.get("webhooks")
-        if hooks is not None and hooks.wants("message.publish"):  # type: ignore[attr-defined]
-            hooks.on_event(Ctx(now, source="internal"), "message.publish",  # type: ignore[attr-defined]
-                           {"channel": channel, "id": msg.id, "sender": sender, "message": message}, target=channel)
+        if push:
+            root.deliver(channel, msg.delivery())
+            root.wake(channel_key(channel))
+            root.wake(ANY_CHANNEL)
+        webhooks = root.primitives.get("webhooks") if hooks else None
+        if webhooks is not None and webhooks.wants("message.publish"):  # type: ignore[attr-defined]
+            webhooks.on_event(Ctx(now, source="internal"), "message.publish",  # type: ignore[attr-defined]
+                              {"channel": channel, "id": msg.id, "sender": msg.sender, "message": msg.message},
+                              target=channel)
         return msg.id
 
     # -- operations ------------------------------------------------------------------------
     def publish(self, ctx: Ctx, channel: str, payload: Any = None, message: Any = None, content: Any = None,
-                sender: str | None = None, expires: int | None = None) -> dict:
+                sender: str | None = None, expires: int | None = None) -> dict | Await:
         """Publish one message (`payload`; `message` and `content` are accepted as 3.7 aliases)."""
         value = next((v for v in (payload, message, content) if v is not None), None)
         if value is None or (isinstance(value, str) and not value.strip()):
@@ -228,6 +252,8 @@ class Channels(Primitive):
             raise OpError("too_large", f"payload is {size} bytes; the limit is {self.config.message_max_bytes} "
                                        "(message_max_bytes)", "payload")
         expires_at = ctx.now + expires if expires else None
+        if self.team is not None:
+            return self.team.publish(ctx, channel, value, sender or ctx.agent_id, expires, size)
         msg_id = self.publish_event(channel, value, sender or ctx.agent_id, ctx.now, expires_at, size)
         return {"id": msg_id, "channel": channel, "message": f"published to {channel}"}
 
@@ -239,6 +265,8 @@ class Channels(Primitive):
         been trimmed: the SSE resume (workers/sse.py) reports that as a gap, and needs both
         numbers from the same call as the messages.
         """
+        if self.team is not None:
+            self.team.require()
         found = self._matching(channel, ctx.now, after)
         found = found[:limit] if after is not None else found[-limit:]
         ring = self.rings.get(channel)
@@ -249,6 +277,8 @@ class Channels(Primitive):
     def poll(self, ctx: Ctx, channel: str, after: int | None = None, timeout: int | None = None,
              limit: int = 100) -> dict | Park:
         """Messages after id `after` (0 when absent); when there are none, park up to `timeout` ms."""
+        if self.team is not None:
+            self.team.require()
         after = after or 0
         found = self._matching(channel, ctx.now, after)[:limit]
         if found:
@@ -258,6 +288,8 @@ class Channels(Primitive):
         if wait <= 0:
             return empty
         key = ANY_CHANNEL if is_pattern(channel) else channel_key(channel)
+        if self.team is not None:
+            self.team.waited.add((key,), ctx.now + wait, ctx.now)
         return Park(keys=(key,), deadline=ctx.now + wait, on_timeout=empty)
 
     @staticmethod
@@ -266,23 +298,36 @@ class Channels(Primitive):
         return {"channel": channel, "messages": messages, "message": messages[0] if messages else None,
                 "count": len(messages), "lastId": found[-1].id if found else after}
 
-    def clear(self, ctx: Ctx, channel: str) -> dict:
+    def clear(self, ctx: Ctx, channel: str) -> dict | Await:
         """Forget a channel's history (a pattern clears every matching channel)."""
-        names = ([channel] if "*" not in channel and "?" not in channel
-                 else [n for n in self.rings if channel_matches(channel, n)])
+        if self.team is not None:
+            return self.team.clear(ctx, channel)
+        deleted = self.drop(self.names(channel))
+        return {"channel": channel, "deleted": deleted, "message": f"cleared {deleted} message(s) from {channel}"}
+
+    def names(self, channel: str) -> list[str]:
+        """The channel, or the channels with history a pattern matches."""
+        return ([channel] if "*" not in channel and "?" not in channel
+                else [n for n in self.rings if channel_matches(channel, n)])
+
+    def drop(self, names: list[str], below: int | None = None) -> int:
+        """Forget the rings of `names` (only messages with ids below `below` when given); how many went."""
         deleted = 0
         for name in names:
             ring = self.rings.get(name)
             if ring is None:
                 continue
-            while ring.messages:
+            while ring.messages and (below is None or ring.messages[0].id < below):
                 self._pop_oldest(ring)
                 deleted += 1
-            del self.rings[name]
-        return {"channel": channel, "deleted": deleted, "message": f"cleared {deleted} message(s) from {channel}"}
+            if not ring.messages:
+                del self.rings[name]
+        return deleted
 
     def list_channels(self, ctx: Ctx, pattern: str | None = None) -> dict:
         """Channels with messages in their ring, most recently active first."""
+        if self.team is not None:
+            self.team.require()
         out = []
         for ring in list(self.rings.values()):
             if pattern is not None and not channel_matches(pattern, ring.name):

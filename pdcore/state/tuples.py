@@ -13,6 +13,8 @@ reused. `rd`, `in` and `poll` take `wait` (ms): with nothing to serve they park 
 their harbor and last exact-valued element (`wait_keys`) until an `out` of a tuple holding
 that value there wakes them, or the wait ends (empty result).
 Every `out` is published on channel `tuple` (global space) or `tuple:<harbor>`.
+In team mode the index is a mirror of the team's stream and `out` / `in` go to JetStream
+(pdcore/team/tuples.py); the local table is left as it is.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pdcore.errors import OpError
-from pdcore.state.base import Ctx, Park, Primitive
+from pdcore.state.base import Await, Ctx, Park, Primitive
 from pdcore.state.tuplepattern import ANY, Pattern, canon, check_fields, compile_pattern
 from pdcore.timers import Timer
 
@@ -109,9 +111,18 @@ class Tuples(Primitive):
         self.by_head: dict[tuple, dict[int, Bucket]] = {}
         self.by_harbor: dict[str | None, dict[int, Bucket]] = {}
         self.last_id = 0
+        self.team: Any = None  # TeamTuples in team mode: the index mirrors the team's stream
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): the space's `tuples` stream is the tuple space."""
+        from pdcore.team.tuples import TeamTuples
+
+        self.team = TeamTuples(self, link)
 
     # -- loading and indexing --------------------------------------------------------------
     def load(self, now: int) -> None:
+        if self.team is not None:  # the mirror fills from the stream; this host's own tuples wait in the table
+            return
         row = self.store.read_one("SELECT seq FROM sqlite_sequence WHERE name = 'tuples'")
         self.last_id = row[0] if row else 0
         expired = []
@@ -158,7 +169,10 @@ class Tuples(Primitive):
         stage = self.store.stage
         for rec in recs:
             self._unindex(rec)
-            stage(_DELETE_TUPLE, (rec.id,))
+            if self.team is None:
+                stage(_DELETE_TUPLE, (rec.id,))
+            else:
+                self.team.forget(rec)
 
     # -- matching --------------------------------------------------------------------------
     def _candidates(self, harbor: str | None, pattern: Pattern) -> Iterator[TupleRecord]:
@@ -175,10 +189,13 @@ class Tuples(Primitive):
             return iter(())
         return _oldest_first([b for a, b in arities.items() if a >= pattern.arity])
 
-    def _find(self, now: int, harbor: str | None, pattern: Pattern, limit: int, after: int = 0) -> list[TupleRecord]:
+    def _find(self, now: int, harbor: str | None, pattern: Pattern, limit: int, after: int = 0,
+              skip: set[int] | None = None) -> list[TupleRecord]:
         found: list[TupleRecord] = []
         for rec in self._candidates(harbor, pattern):
             if rec.id <= after or (rec.expires_at is not None and rec.expires_at <= now):
+                continue
+            if skip and rec.id in skip:
                 continue
             if pattern.match(rec.fields):
                 found.append(rec)
@@ -224,7 +241,7 @@ class Tuples(Primitive):
         ttlMs: int | None = None,
         ttl: int | None = None,
         agentId: str | None = None,
-    ) -> dict:
+    ) -> dict | Await:
         data = fields if fields is not None else tuple
         if data is None:
             raise OpError("missing_field", "fields (or tuple) is required: a JSON array such as [\"task\", \"build\"]",
@@ -234,6 +251,8 @@ class Tuples(Primitive):
         ttl_ms = ttlMs if ttlMs is not None else ttl
         written_by = writtenBy or agentId or ctx.agent_id
         self._check(ctx, harbor, agentId or ctx.agent_id or writtenBy, "tuple:out")
+        if self.team is not None:
+            return self.team.out(ctx, harbor, data, written_by, ttl_ms)
         self.last_id += 1
         expires_at = ctx.now + ttl_ms if ttl_ms else None
         rec = TupleRecord(self.last_id, harbor, data, written_by, ctx.now, expires_at)
@@ -260,9 +279,13 @@ class Tuples(Primitive):
         harbor = self._harbor(harbor)
         limit = self._limit(limit, self.config.tuple_read_limit_default)
         self._check(ctx, harbor, agentId or ctx.agent_id, "tuple:rd")
+        if self.team is not None:
+            self.team.require()
         found = self._find(ctx.now, harbor, pat, limit)
         wait_ms = self._wait(wait)
         if not found and wait_ms > 0:
+            if self.team is not None:
+                return self.team.park(harbor, pat, ctx.now + wait_ms, {"tuples": [], "count": 0})
             return Park(wait_keys(harbor, pat), ctx.now + wait_ms, {"tuples": [], "count": 0})
         return {"tuples": [r.to_dict() for r in found], "count": len(found)}
 
@@ -275,7 +298,7 @@ class Tuples(Primitive):
         wait: int | None = None,
         agentId: str | None = None,
         requestId: str | None = None,
-    ) -> dict | Park:
+    ) -> dict | Park | Await:
         """Linda's `in`: remove and return the oldest matches; exactly one taker gets each tuple.
 
         With `requestId`, a take that took something is recorded; its repeat returns the same tuples.
@@ -285,14 +308,17 @@ class Tuples(Primitive):
                           "pattern")
         asked = {"pattern": pattern, "harbor": harbor, "limit": limit}
         records = self.root.take_records
-        repeat = records.recall(requestId, "tuple.in", asked)
-        if repeat is not None:
-            return repeat
+        if self.team is None:
+            repeat = records.recall(requestId, "tuple.in", asked)
+            if repeat is not None:
+                return repeat
         pat = compile_pattern(pattern)
         harbor = self._harbor(harbor)
         limit = self._limit(limit, 1)
         actor = agentId or ctx.agent_id
         self._check(ctx, harbor, actor, "tuple:in")
+        if self.team is not None:
+            return self.team.take(ctx, pat, harbor, limit, self._wait(wait), actor, requestId, asked)
         found = self._find(ctx.now, harbor, pat, limit)
         if not found:
             wait_ms = self._wait(wait)
@@ -323,12 +349,17 @@ class Tuples(Primitive):
         harbor = self._harbor(harbor, allow_all=True)
         limit = self._limit(limit, 1)
         self._check(ctx, harbor, agentId or ctx.agent_id, "tuple:rd")
+        if self.team is not None:
+            self.team.require()
         after = after or 0
         found = self._find(ctx.now, harbor, pat, limit, after)
         if not found:
             wait_ms = self._wait(wait)
             last = max(after, self.last_id)
             if wait_ms > 0 and harbor != ALL_HARBORS:
+                if self.team is not None:
+                    return self.team.park(harbor, pat, ctx.now + wait_ms,
+                                          {"tuple": None, "tuples": [], "lastId": last})
                 return Park(wait_keys(harbor, pat), ctx.now + wait_ms, {"tuple": None, "tuples": [], "lastId": last})
             return {"tuple": None, "tuples": [], "lastId": last}
         out = [r.to_dict() for r in found]
@@ -341,6 +372,8 @@ class Tuples(Primitive):
         harbor = self._harbor(harbor, allow_all=True)
         limit = self._limit(limit, self.config.tuple_scan_limit_default)
         self._check(ctx, harbor, agentId or ctx.agent_id, "tuple:rd")
+        if self.team is not None:
+            self.team.require()
         found = self._find(ctx.now, harbor, pat, limit, after or 0)
         total = self._size(harbor) if pattern is None else None
         out = {"tuples": [r.to_dict() for r in found], "count": len(found)}
@@ -351,6 +384,8 @@ class Tuples(Primitive):
     def count(self, ctx: Ctx, harbor: str | None = None, pattern: Any = None, agentId: str | None = None) -> dict:
         harbor = self._harbor(harbor, allow_all=True)
         self._check(ctx, harbor, agentId or ctx.agent_id, "tuple:rd")
+        if self.team is not None:
+            self.team.require()
         if pattern is None:
             return {"count": self._size(harbor)}
         return {"count": self.match_count(harbor, compile_pattern(pattern), ctx.now)}

@@ -11,7 +11,9 @@ How a primitive plugs in (see docs/team.md, "Adding a shared primitive"):
   connects; keep `link`, and call `link.watch(short, on_change)` to follow a bucket:
   `on_change(key, revision, value | None)` runs on the core's thread for the latest value of
   every key, then every change (None: deleted, purged or expired); call `root.wake(key)` there
-  to retry the calls parked on it;
+  to retry the calls parked on it; or `link.follow(short, on_open, on_message)` to follow a
+  stream (a local mirror fed by an ordered consumer; `await link.applied(short, seq)` waits
+  until the mirror has seen `seq`, so a host reads its own acknowledged writes);
 - in a handler, return `link.call(fn, *args, then=...)`: `fn(*args)` is a coroutine doing the
   JetStream work (`link.js`, `link.buckets[short]`); the call is parked in the core until it
   resolves, then `then(result)` runs on the core's thread and answers like a handler (dict,
@@ -46,6 +48,9 @@ from pdcore.errors import OpError
 from pdcore.state.base import Await
 from pdcore.team.space import BUCKETS, HOSTS, STREAMS, bucket_name, open_space, stream_name
 
+OnOpen = Callable[[int], int]  # (the stream's last sequence now) -> the sequence to follow from (1: all)
+OnMessage = Callable[[int, str, bytes, dict], None]  # (sequence, subject, data, headers)
+
 log = logging.getLogger("pd.team")
 
 KV_MARKER_REASON = "Nats-Marker-Reason"
@@ -77,6 +82,53 @@ def host_id(config: Config) -> str:
 def ttl_seconds(ms: int) -> int:
     """A server-side TTL: whole seconds (what JetStream takes), at least 1."""
     return max(1, math.ceil(ms / 1000))
+
+
+class Follower:
+    """A stream followed into a local mirror: its callbacks and how far the mirror has got."""
+
+    def __init__(self, short: str, on_open: OnOpen, on_message: OnMessage) -> None:
+        self.short = short
+        self.on_open = on_open
+        self.on_message = on_message
+        self.applied = 0  # the last sequence the mirror applied
+        self.waiting: list[tuple[int, asyncio.Future]] = []  # (sequence, future) of `TeamLink.applied` calls
+        self.caught_up: asyncio.Event | None = None  # set once the mirror holds what the stream held at open
+
+    def advance(self, seq: int) -> None:
+        self.applied = max(self.applied, seq)
+        if self.waiting:
+            still = []
+            for want, fut in self.waiting:
+                if want <= self.applied:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    still.append((want, fut))
+            self.waiting = still
+
+
+class ParkedKeys:
+    """The wake keys calls of this host parked on, with their latest deadline: when the link goes
+    down they are all woken, so the calls retry and fail with team_unavailable rather than wait
+    blind. Keys whose waits are over are dropped as the set grows, so it stays bounded."""
+
+    def __init__(self) -> None:
+        self.deadlines: dict[Any, int] = {}
+        self._prune_at = 1024
+
+    def add(self, keys: tuple, deadline: int, now: int) -> None:
+        for key in keys:
+            if self.deadlines.get(key, 0) < deadline:
+                self.deadlines[key] = deadline
+        if len(self.deadlines) > self._prune_at:
+            self.deadlines = {k: d for k, d in self.deadlines.items() if d > now}
+            self._prune_at = max(1024, 2 * len(self.deadlines))
+
+    def wake_all(self, root: Any) -> None:
+        for key in self.deadlines:
+            root.wake(key)
+        self.deadlines = {}
 
 
 def connect_options(config: Config) -> dict[str, Any]:
@@ -114,6 +166,7 @@ class TeamLink:
         self.ready = False  # connected, and the space's buckets and streams are open
         self.buckets: dict[str, Any] = {}  # short name -> nats KeyValue (space.BUCKETS)
         self.watchers: dict[str, Callable[[str, int, bytes | None], None]] = {}  # short name -> on_change
+        self.followers: dict[str, Follower] = {}  # short stream name -> its mirror's callbacks
         self.hosts: dict[str, dict] = {}  # host id -> its last heartbeat record
         self.last_error: str | None = None
         self.last_error_at: int | None = None
@@ -135,6 +188,27 @@ class TeamLink:
         if not any(b.short == short for b in BUCKETS):
             raise ValueError(f"bucket {short!r} is not declared in pdcore.team.space.BUCKETS")
         self.watchers[short] = on_change
+
+    def follow(self, short: str, on_open: OnOpen, on_message: OnMessage) -> None:
+        """Mirror stream `short` (one of space.STREAMS): on every (re)open of the space `on_open(last_seq)`
+        says where to start (1: from the oldest kept; it may reset the mirror first), then
+        `on_message(seq, subject, data, headers)` runs on the core's thread for each message in order.
+        The link is ready only once every mirror holds what its stream held when it was opened."""
+        if not any(st.short == short for st in STREAMS):
+            raise ValueError(f"stream {short!r} is not declared in pdcore.team.space.STREAMS")
+        self.followers[short] = Follower(short, on_open, on_message)
+
+    async def applied(self, short: str, seq: int) -> None:
+        """Wait (at most team_op_timeout_ms) until the mirror of stream `short` has applied `seq`."""
+        follower = self.followers[short]
+        if follower.applied >= seq:
+            return
+        fut = self.loop.create_future()
+        follower.waiting.append((seq, fut))
+        try:
+            await asyncio.wait_for(fut, self.config.team_op_timeout_ms / 1000)
+        except TimeoutError:  # the message was removed before it reached the mirror, or the mirror lags
+            pass
 
     def subject(self, short: str, *tokens: str) -> str:
         """A subject of stream `short` (one of space.STREAMS): pd.<space>.<short>.<tokens...>."""
@@ -230,9 +304,13 @@ class TeamLink:
                         except Exception:  # noqa: BLE001 - the old watch may be gone with the old connection
                             pass
                     self._watches = []
-                    self.buckets = await open_space(self.js, self.space, self.config.team_replicas)
+                    self.buckets = await open_space(self.js, self.config)
                     for short, on_change in self.watchers.items():
                         self._watches.append(await self._watch(short, on_change))
+                    for follower in self.followers.values():
+                        self._watches.append(await self._follow(follower))
+                    for follower in self.followers.values():
+                        await asyncio.wait_for(follower.caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
                     self.ready = True
                     log.info("event=team.ready space=%s host=%s server=%s", self.space, self.host_id,
                              self._server_url())
@@ -260,6 +338,32 @@ class TeamLink:
         return await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
                                        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                                        inactive_threshold=300)
+
+    async def _follow(self, follower: Follower) -> Any:
+        """An ordered consumer over the stream from where `on_open` says, feeding the mirror."""
+        name = stream_name(self.space, follower.short)
+        info = await self.js.stream_info(name)
+        start = follower.on_open(info.state.last_seq)
+        follower.applied = start - 1
+        follower.caught_up = caught_up = asyncio.Event()
+        if info.state.messages == 0 or start > info.state.last_seq:
+            caught_up.set()
+
+        async def deliver(msg: Any) -> None:
+            meta = msg.metadata
+            try:
+                follower.on_message(meta.sequence.stream, msg.subject, msg.data, msg.headers or {})
+            except Exception:
+                log.exception("event=team.follow_crash stream=%s", name)
+            follower.advance(meta.sequence.stream)
+            if meta.num_pending == 0:
+                caught_up.set()
+            self.after_change()
+
+        return await self.js.subscribe(
+            f"pd.{self.space}.{follower.short}.>", stream=name, cb=deliver, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, config=api.ConsumerConfig(opt_start_seq=start),
+            inactive_threshold=300)
 
     async def _on_error(self, exc: Exception) -> None:
         self._failed(f"{type(exc).__name__}: {exc}")

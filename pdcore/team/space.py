@@ -7,10 +7,14 @@ or stream here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nats.js.errors
 from nats.js import api
+
+from pdcore.config import Config
 
 MARKER_TTL_S = 60  # how long the server keeps the marker it writes when a key's TTL runs out
 
@@ -30,12 +34,25 @@ class StreamSpec:
 
     short: str
     config: dict[str, Any] = field(default_factory=dict)  # more api.StreamConfig fields
+    settings: Callable[[Config], dict[str, Any]] | None = None  # more fields taken from the settings
+
+
+def _channel_limits(config: Config) -> dict[str, Any]:
+    """The channels stream is bounded like the local history rings (the same settings)."""
+    return {"max_msgs_per_subject": config.channel_ring_size, "max_age": config.channel_ring_age_ms / 1000,
+            "max_bytes": config.channel_ring_total_bytes, "discard": api.DiscardPolicy.OLD}
 
 
 HOSTS = BucketSpec("hosts", markers=False)  # host id -> its heartbeat; each key expires after the host timeout
 LOCKS = BucketSpec("locks")  # lock key -> its holder; the revision is the fence (pdcore/team/locks.py)
+# tuples: one subject per tuple, pd.<space>.tuples.<harbor>.<id>; a take replaces the tuple by its
+# tombstone (compare-and-set on the subject's last sequence), so one message per subject (pdcore/team/tuples.py)
+TUPLES = StreamSpec("tuples", config={"max_msgs_per_subject": 1})
+# channels: pd.<space>.channels.<channel>; each message's stream sequence is its id (pdcore/team/channels.py)
+CHANNELS = StreamSpec("channels", settings=_channel_limits)
 BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS)
-STREAMS: tuple[StreamSpec, ...] = ()
+STREAMS: tuple[StreamSpec, ...] = (TUPLES, CHANNELS)
+_STREAM_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
 
 
 def bucket_name(space: str, short: str) -> str:
@@ -46,15 +63,25 @@ def stream_name(space: str, short: str) -> str:
     return f"pd-{space}-{short}"
 
 
-async def open_space(js: Any, space: str, replicas: int) -> dict[str, Any]:
-    """Create or open every bucket and stream of the space; the buckets (nats KeyValue) by short name."""
+async def open_space(js: Any, config: Config) -> dict[str, Any]:
+    """Create or open every bucket and stream of the space; the buckets (nats KeyValue) by short name.
+
+    A stream whose settings-made limits changed since it was created is updated to the new ones."""
+    space, replicas = config.team_space, config.team_replicas
     buckets = {}
     for spec in BUCKETS:
         buckets[spec.short] = await js.create_key_value(
             bucket=bucket_name(space, spec.short), history=spec.history, replicas=replicas,
             limit_marker_ttl=MARKER_TTL_S if spec.markers else None)
     for sspec in STREAMS:
-        await js.add_stream(api.StreamConfig(
+        more = sspec.settings(config) if sspec.settings is not None else {}
+        stream_config = api.StreamConfig(
             name=stream_name(space, sspec.short), subjects=[f"pd.{space}.{sspec.short}.>"], num_replicas=replicas,
-            allow_msg_ttl=True, **sspec.config))
+            allow_msg_ttl=True, **sspec.config, **more)
+        try:
+            await js.add_stream(stream_config)
+        except nats.js.errors.BadRequestError as err:
+            if err.err_code != _STREAM_IN_USE:
+                raise
+            await js.update_stream(stream_config)
     return buckets

@@ -50,3 +50,38 @@ def test_killing_one_node_of_three_loses_no_acknowledged_lock_and_breaks_no_excl
           f"(the locks leader); {KEPT} acknowledged locks kept")
     after = cb.call("team.status")
     assert after["connected"] and next(s for s in after["streams"] if s["name"] == "locks")["leader"] != leader
+
+
+def test_killing_one_node_of_three_during_tuple_takes_loses_no_acknowledged_tuple(nats_cluster, daemon_factory):
+    from tests.team.test_team_tuples import Taker, _assert_each_once, _write
+
+    urls = [s.url for s in nats_cluster]
+    a = daemon_factory(**team_settings([urls[0], urls[1], urls[2]], "r3t", team_replicas=3))
+    b = daemon_factory(**team_settings([urls[1], urls[2], urls[0]], "r3t", team_replicas=3))
+    wait_team_ready(a), wait_team_ready(b)
+    n = 600
+    _write([a, b], "r3", n)  # every out acknowledged by a quorum before the kill
+    ca = a.client(timeout=60)
+    for i in range(KEPT):
+        ca.call("tuple.out", fields=["kept", i])
+    status = ca.call("team.status")
+    tuples_row = next(s for s in status["streams"] if s["name"] == "tuples")
+    assert tuples_row["replicas"] == 3
+    leader = tuples_row["leader"]
+    victim = next((s for s in nats_cluster if s.name == leader), nats_cluster[0])
+    takers = [Taker(d, "r3", time.monotonic() + 150) for d in (a, b) for _ in range(4)]
+    for t in takers:
+        t.start()
+    deadline = time.monotonic() + 60
+    while sum(len(t.taken) for t in takers) < n // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.stop(kill=True)  # the tuples stream's leader, killed mid-take
+    for t in takers:
+        t.join(180)
+    assert all(t.error is None for t in takers), [t.error for t in takers if t.error][:3]
+    _assert_each_once([i for t in takers for i in t.taken], n)
+    cb = b.client(timeout=60)
+    assert sorted(t["fields"][1] for t in cb.call("tuple.rd", pattern=["kept", "*"], limit=100)["tuples"]) == \
+        list(range(KEPT))
+    print(f"\n3-node cluster, replicas 3: {n} tuples each taken once across the kill of node {victim.name} "
+          f"(the tuples leader); {KEPT} acknowledged tuples kept")

@@ -1,0 +1,250 @@
+"""Tuples shared by two daemons (two homes standing for two hosts) through a real nats-server:
+each tuple is taken exactly once across both, also when one daemon's core is killed with kill -9
+in the middle; a take repeated with its requestId gets the same tuple; blocking takes on one host
+are woken by an `out` on the other; TTLs hold; NATS stopped: fail fast, back: work again."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from pdcore.errors import OpError
+from tests.team.conftest import team_settings, wait_team_ready
+
+TUPLES = int(os.environ.get("PD_TEAM_TUPLES", "2000"))
+TAKERS_PER_DAEMON = 6
+
+
+def _write(daemons, tag: str, n: int) -> None:
+    """`n` tuples ["job", tag, i], written half through each daemon (two writer threads each)."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            c = daemons[k % 2].client(timeout=60)
+            for i in range(k, n, 4):
+                c.call("tuple.out", fields=["job", tag, i])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+
+
+class Taker(threading.Thread):
+    """Takes ["job", tag, *] with a fresh requestId per take until the space stays empty.
+
+    A call that fails with team_unavailable is repeated with the same requestId; any other
+    failure (its daemon killed) stops the thread and leaves the requestId in `unsure`."""
+
+    def __init__(self, daemon, tag: str, stop_at: float) -> None:
+        super().__init__(daemon=True)
+        self.client = daemon.client(timeout=60)
+        self.client.retry_takes = False  # a lost reply is an error here; the test repeats the take itself
+        self.tag = tag
+        self.stop_at = stop_at
+        self.taken: list[int] = []
+        self.unsure: str | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        empty = 0
+        while time.monotonic() < self.stop_at and empty < 3:
+            rid = uuid.uuid4().hex
+            while True:
+                try:
+                    got = self.client.call("tuple.in", pattern=["job", self.tag, "*"], wait=300, requestId=rid)
+                    break
+                except OpError as exc:
+                    if exc.code == "team_unavailable" and time.monotonic() < self.stop_at:
+                        time.sleep(0.05)
+                        continue
+                    self.unsure = rid
+                    self.error = exc
+                    return
+            if got["count"] == 0:
+                empty += 1
+                continue
+            empty = 0
+            self.taken.extend(t["fields"][2] for t in got["taken"])
+
+
+def _assert_each_once(taken: list[int], n: int) -> None:
+    counts = Counter(taken)
+    twice = [i for i, k in counts.items() if k > 1]
+    assert not twice, f"taken more than once: {twice[:10]}"
+    missing = sorted(set(range(n)) - set(counts))
+    assert not missing, f"never taken: {missing[:10]} ({len(missing)} in all)"
+
+
+def test_2000_tuples_taken_exactly_once_by_takers_on_two_daemons(nats_server, daemon_factory):
+    settings = team_settings([nats_server.url], "tup")
+    a, b = daemon_factory(**settings), daemon_factory(**settings)
+    wait_team_ready(a), wait_team_ready(b)
+    started = time.monotonic()
+    _write([a, b], "once", TUPLES)
+    wrote = time.monotonic() - started
+    assert a.client().call("tuple.count", pattern=["job", "once", "*"])["count"] == TUPLES
+    takers = [Taker(d, "once", time.monotonic() + 180) for d in (a, b) for _ in range(TAKERS_PER_DAEMON)]
+    started = time.monotonic()
+    for t in takers:
+        t.start()
+    for t in takers:
+        t.join(200)
+    took = time.monotonic() - started
+    assert all(t.error is None for t in takers), [t.error for t in takers if t.error][:3]
+    _assert_each_once([i for t in takers for i in t.taken], TUPLES)
+    per_host = [sum(len(t.taken) for t in takers[:TAKERS_PER_DAEMON]),
+                sum(len(t.taken) for t in takers[TAKERS_PER_DAEMON:])]
+    assert min(per_host) > 0, per_host  # both hosts really took
+    for d in (a, b):
+        assert d.client().call("tuple.count")["count"] == 0
+    print(f"\n{TUPLES} tuples: written in {wrote:.1f} s, taken in {took:.1f} s ({TUPLES / took:.0f}/s); "
+          f"per daemon {per_host}")
+
+
+def test_a_daemon_killed_mid_take_leaves_every_tuple_taken_once(nats_server, daemon_factory):
+    settings = team_settings([nats_server.url], "tupkill")
+    a, b = daemon_factory(**settings), daemon_factory(**settings)
+    wait_team_ready(a), wait_team_ready(b)
+    _write([a, b], "kill", TUPLES)
+    takers = [Taker(d, "kill", time.monotonic() + 180) for d in (a, b) for _ in range(TAKERS_PER_DAEMON)]
+    for t in takers:
+        t.start()
+    deadline = time.monotonic() + 60
+    while sum(len(t.taken) for t in takers) < TUPLES // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    a.kill_core()  # kill -9 of A's core while its takers are in the middle of takes
+    for t in takers:
+        t.join(200)
+    on_a, on_b = takers[:TAKERS_PER_DAEMON], takers[TAKERS_PER_DAEMON:]
+    assert all(t.error is None for t in on_b), [t.error for t in on_b if t.error][:3]
+    unsure = [t.unsure for t in on_a if t.unsure is not None]
+    assert unsure, "no take of A was cut off by the kill"
+    # each take cut off by the kill is repeated on the same host with its requestId: it was made
+    # exactly once (the same tuple comes back) or not at all (a new take is made now)
+    wait_team_ready(a)
+    ca = a.client(timeout=60)
+    repeated, answered_before = [], 0
+    for rid in unsure:
+        got = ca.call("tuple.in", pattern=["job", "kill", "*"], requestId=rid)
+        repeated.extend(t["fields"][2] for t in got["taken"])
+        answered_before += bool(got.get("repeated"))
+    # a finish on B takes what is left
+    finish = Taker(b, "kill", time.monotonic() + 60)
+    finish.run()
+    taken = [i for t in takers for i in t.taken] + repeated + finish.taken
+    _assert_each_once(taken, TUPLES)
+    print(f"\nkill -9 of one daemon mid-take: {len(unsure)} takes cut off and repeated by requestId "
+          f"({answered_before} had taken their tuple: the same one came back); {TUPLES} tuples each taken once")
+
+
+def test_a_repeated_take_gets_its_tuple_back_on_either_host(nats_server, daemon_factory):
+    settings = team_settings([nats_server.url], "tuprid")
+    a, b = daemon_factory(**settings), daemon_factory(**settings)
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    for i in range(3):
+        ca.call("tuple.out", fields=["r", i], harbor="h.1")
+    first = cb.call("tuple.in", pattern=["r", "*"], harbor="h.1", limit=2, requestId="take-1")
+    assert [t["fields"] for t in first["taken"]] == [["r", 0], ["r", 1]]
+    again = cb.call("tuple.in", pattern=["r", "*"], harbor="h.1", limit=2, requestId="take-1")
+    assert again["repeated"] and again["taken"] == first["taken"]
+    deadline = time.monotonic() + 5  # the tombstones carry the record: host A sees it too
+    while True:
+        try:
+            there = ca.call("tuple.in", pattern=["r", "*"], harbor="h.1", limit=2, requestId="take-1")
+        except OpError:
+            raise
+        if there.get("repeated") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert there["repeated"] and there["taken"] == first["taken"]
+    with pytest.raises(OpError) as other:
+        ca.call("tuple.in", pattern=["r", "x"], harbor="h.1", requestId="take-1")
+    assert other.value.code == "conflict"
+    assert ca.call("tuple.scan", harbor="h.1")["total"] == 1
+
+
+def test_blocking_take_on_b_is_woken_by_out_on_a_and_ttls_hold(nats_server, daemon_factory):
+    settings = team_settings([nats_server.url], "tupwait")
+    a, b = daemon_factory(**settings), daemon_factory(**settings)
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    got: dict = {}
+
+    def wait_for_it() -> None:
+        got["in"] = b.client(timeout=30).call("tuple.in", pattern=["wake", "*"], wait=10_000)
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    time.sleep(0.5)
+    assert "in" not in got
+    started = time.monotonic()
+    out = ca.call("tuple.out", fields=["wake", "up"])
+    waiter.join(10)
+    assert got["in"]["taken"][0]["id"] == out["tuple"]["id"]
+    assert time.monotonic() - started < 2
+    rd = {}
+    reader = threading.Thread(target=lambda: rd.setdefault("rd", b.client(timeout=30).call(
+        "tuple.rd", pattern=["seen", "*"], wait=10_000)))
+    reader.start()
+    time.sleep(0.3)
+    ca.call("tuple.out", fields=["seen", 1])
+    reader.join(10)
+    assert rd["rd"]["count"] == 1
+    short = ca.call("tuple.out", fields=["short", 1], ttlMs=800)["tuple"]
+    polled = cb.call("tuple.poll", pattern=["short", "*"], after=0, wait=2000)
+    assert polled["tuple"]["id"] == short["id"]
+    time.sleep(1.0)
+    assert cb.call("tuple.rd", pattern=["short", "*"])["count"] == 0
+    assert cb.call("tuple.in", pattern=["short", "*"])["count"] == 0
+    assert ca.call("tuple.count", pattern=["short", "*"])["count"] == 0
+
+
+def test_nats_stopped_tuple_calls_fail_fast_and_work_again_when_back(nats_server, daemon_factory):
+    d = daemon_factory(**team_settings([nats_server.url], "tupdown"))
+    wait_team_ready(d)
+    c = d.client(timeout=30)
+    c.call("tuple.out", fields=["kept", 1])
+    waiter: dict = {}
+
+    def wait_for_it() -> None:
+        try:
+            waiter["result"] = d.client(timeout=30).call("tuple.in", pattern=["never", "*"], wait=20_000)
+        except OpError as exc:
+            waiter["error"] = exc
+
+    thread = threading.Thread(target=wait_for_it)
+    thread.start()
+    time.sleep(0.5)
+    nats_server.stop()
+    thread.join(10)
+    assert not thread.is_alive(), "a parked take hung while NATS was away"
+    assert waiter["error"].code == "team_unavailable"
+    for call in (lambda: c.call("tuple.out", fields=["x"]),
+                 lambda: c.call("tuple.in", pattern=["kept", "*"]),
+                 lambda: c.call("tuple.rd", pattern=["kept", "*"]),
+                 lambda: c.call("tuple.count"),
+                 lambda: c.call("tuple.scan")):
+        started = time.monotonic()
+        with pytest.raises(OpError) as err:
+            call()
+        assert err.value.code == "team_unavailable"
+        assert time.monotonic() - started < 3  # team_op_timeout_ms is 2000 here
+    status, body = d.http("POST", "/tuples", {"fields": ["http"]})
+    assert status == 503 and body["reason"] == "team_unavailable", body
+    assert c.call("port.claim", id="tupdown:api")["port"] > 0  # local work goes on
+    nats_server.start()
+    wait_team_ready(d)
+    assert c.call("tuple.in", pattern=["kept", "*"])["taken"][0]["fields"] == ["kept", 1]  # kept by JetStream
+    assert c.call("tuple.out", fields=["again"])["tuple"]["id"] > 0

@@ -12,6 +12,7 @@ import functools
 import os
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,14 +469,16 @@ def setting_from_text(name: str, raw: str, var: str) -> Any:
         raise ConfigError(f"{var} is {raw!r} (setting {name}); it must be {exc}") from None
 
 
-def load_config(home: str | os.PathLike | None = None, **overrides: Any) -> Config:
+def load_config(home: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
+                **overrides: Any) -> Config:
     """Build the Config: defaults < config.yaml < environment < explicit overrides.
 
-    Every value given is checked against its setting's type and bounds; the first bad one raises
-    ConfigError, one line naming the file or the environment variable, the key, the value and
-    what is allowed.
+    `environ` is the environment to read (default: this process's), so a caller can build the
+    Config another process would get without touching its own. Every value given is checked
+    against its setting's type and bounds; the first bad one raises ConfigError, one line naming
+    the file or the environment variable, the key, the value and what is allowed.
     """
-    env = os.environ
+    env = os.environ if environ is None else environ
     home_path = Path(home or env.get("PORT_DADDY_HOME") or DEFAULT_HOME).expanduser()
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}  # setting -> where its value came from, for the messages

@@ -51,15 +51,9 @@ def isolated_home(settings: dict[str, Any], prefix: str = "pd-") -> tuple[Path, 
 
 
 def config_for(env: dict[str, str], home: Path) -> Config:
-    """The Config a process started with `env` builds (read without changing this process's environment)."""
-    saved = dict(os.environ)
-    try:
-        os.environ.clear()
-        os.environ.update(env)
-        return load_config(home)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """The Config a process started with `env` builds (this process's environment is not touched:
+    other threads may be reading it)."""
+    return load_config(home, environ=env)
 
 
 def local_client(app: Any, headers: dict[str, str] | None = None) -> Any:

@@ -121,6 +121,8 @@ class TeamLink:
         self.disconnected_at: int | None = None
         self.reconnects = 0
         self.on_down: list[Callable[[], None]] = []  # called on the core's thread when the link goes down
+        self.on_ready: list[Callable[[], None]] = []  # called on the core's thread each time the space is (re)opened
+        self.ready_at: int | None = None  # when the space was last (re)opened
         self._watches: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
@@ -234,6 +236,9 @@ class TeamLink:
                     for short, on_change in self.watchers.items():
                         self._watches.append(await self._watch(short, on_change))
                     self.ready = True
+                    self.ready_at = int(time.time() * 1000)
+                    for fn in self.on_ready:  # e.g. host-owned records published again after an outage
+                        fn()
                     log.info("event=team.ready space=%s host=%s server=%s", self.space, self.host_id,
                              self._server_url())
                     self.after_change()

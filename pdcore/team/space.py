@@ -34,8 +34,17 @@ class StreamSpec:
 
 HOSTS = BucketSpec("hosts", markers=False)  # host id -> its heartbeat; each key expires after the host timeout
 LOCKS = BucketSpec("locks")  # lock key -> its holder; the revision is the fence (pdcore/team/locks.py)
-BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS)
-STREAMS: tuple[StreamSpec, ...] = ()
+# agents, sessions, notes, file claims, salvage, inbox, services (pdcore/team/members.py and neighbours)
+AGENTS = BucketSpec("agents")  # agent id (base64url) -> its registration, heartbeat, host and death
+SESSIONS = BucketSpec("sessions")  # session id -> the session, its file claims and the head of its shared notes
+CLAIMS = BucketSpec("claims")  # project (base64url) -> every file claim of the project; compare-and-set judges
+SALVAGE = BucketSpec("salvage")  # session id of a dead agent's session -> its salvage entry; CAS picks one claimer
+SERVICES = BucketSpec("services", markers=False)  # host id -> the services (identity, port) it serves
+NOTES = StreamSpec("notes")  # pd.<space>.notes.<session id>: sealed notes with the team key, hash-chained
+INBOX = StreamSpec("inbox")  # pd.<space>.inbox.<host id>: direct messages for the agents of that host
+
+BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS, AGENTS, SESSIONS, CLAIMS, SALVAGE, SERVICES)
+STREAMS: tuple[StreamSpec, ...] = (NOTES, INBOX)
 
 
 def bucket_name(space: str, short: str) -> str:

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import json
 import logging
+import socket
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ import nats.js.errors
 from pdcore.crypto import GENESIS, NoteCipher
 from pdcore.errors import OpError
 from pdcore.state.base import Await
+from pdcore.state.trie import matches
 from pdcore.team.keyfile import read_key_file
 from pdcore.team.link import TeamLink, team_unavailable, ttl_seconds
 from pdcore.team.locks import lock_kv_key, lock_name
@@ -79,6 +81,8 @@ class TeamMembers:
         link.watch(SERVICES.short, self._services_changed)
         link.on_ready.append(self._resync)
         self._ticking = False  # the tick starts with the first connection
+        self._services_sent: list[dict] | None = None
+        self._services_at = 0
 
     # -- watches ----------------------------------------------------------------------------------
     def _agent_changed(self, key: str, revision: int, value: bytes | None) -> None:
@@ -347,6 +351,7 @@ class TeamMembers:
         self.dirty_agents |= {a for a in self.beats if self.root.agents.get_agent(a) is not None}
         self.beats.clear()
         self.kick()
+        self._publish_services(now)
         if self.link.ready_at is None or now - self.link.ready_at < self.config.team_host_timeout_ms:
             return  # the hosts seen so far may not be every host yet
         for host in {r.get("host") for _, r in self.agents.values() if r.get("diedAt") is None}:
@@ -410,14 +415,27 @@ class TeamMembers:
         self.kick()
 
     # -- services (pd find --team) ---------------------------------------------------------------
-    def services_of_team(self, pattern: str | None) -> list[dict]:
-        from pdcore.state.portmap import matches
+    async def _put_services(self, record: dict) -> None:
+        """This host's services under its id; the key expires with the host timeout, so a vanished host leaves."""
+        await self.link.js.publish(f"$KV.{bucket_name(self.link.space, SERVICES.short)}.{self.host}", _dump(record),
+                                   msg_ttl=ttl_seconds(self.config.team_host_timeout_ms))
 
-        out = []
+    def _publish_services(self, now: int) -> None:
+        """Publish the services when they changed, and at least twice per host timeout."""
+        services = [{"id": s.id, "port": s.port, "status": s.status} for s in self.root.ports.trie.values()]
+        services.sort(key=lambda s: s["id"])
+        if services != self._services_sent or now - self._services_at >= self.config.team_host_timeout_ms // 2:
+            self._services_sent, self._services_at = services, now
+            self.link.spawn(self._put_services, {"host": self.host, "hostname": socket.gethostname(),
+                                                 "services": services, "ts": now})
+
+    def services_of_team(self, pattern: str | None, status: str | None, limit: int) -> dict:
+        """Every host's services as `host:port` (ports stay bound to their host), from the watch's copy."""
+        self.require()
+        found = []
         for host, record in sorted(self.services.items()):
             for svc in record.get("services", []):
-                if pattern is None or matches(svc["identity"], pattern):
-                    out.append({**svc, "host": host, "hostname": record.get("hostname"),
-                                "address": f"{record.get('hostname') or host}:{svc['port']}"})
-        return out
-
+                if (pattern is None or matches(pattern, svc["id"])) and (status is None or svc["status"] == status):
+                    found.append({**svc, "host": host, "hostname": record.get("hostname"),
+                                  "address": f"{record.get('hostname') or host}:{svc['port']}"})
+        return {"services": found[:limit], "count": len(found)}

@@ -215,3 +215,51 @@ def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(
     sa = a.client().call("sugar.begin", purpose="adv", identity="mono:x", agentId="adv-a", files=["docs/*.md"])["sessionId"]
     got = b.client().call("sugar.begin", purpose="adv", identity="mono:y", agentId="adv-b", files=["docs/intro.md"])
     assert [c["sessionId"] for c in got["fileConflicts"]] == [sa]
+
+
+def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "inbox", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    cb.call("sugar.begin", purpose="listen", identity="chat:b", agentId="bob")
+    assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"].get("host") == "host-b", 10)
+    sent = ca.call("inbox.send", id="bob", content="hello from A", **{"from": "alice"})
+    assert sent["host"] == "host-b" and sent["seq"] > 0
+    got = _wait_for(lambda: cb.call("inbox.list", id="bob")["messages"], 10)
+    assert [(m["content"], m["from"]) for m in got] == [("hello from A", "alice")]
+    # B away: the message waits in the stream and arrives when B is back
+    os.killpg(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(10)
+    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    b.start()
+    wait_team_ready(b)
+    cb = b.client()
+    got = _wait_for(lambda: len(cb.call("inbox.list", id="bob")["messages"]) == 2, 15)
+    assert got, b.log_tail()
+    assert cb.call("inbox.list", id="bob")["messages"][0]["content"] == {"while": "away"}
+    assert ca.call("inbox.list", id="bob")["messages"] == []  # not a copy on the sender's host
+
+
+def test_find_team_lists_host_and_port_of_each_identity(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "find", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    pa = a.client().call("port.claim", id="shop:api")["port"]
+    cb = b.client()
+    pb = cb.call("port.claim", id="shop:web")["port"]
+
+    def both() -> dict | None:
+        found = {s["id"]: s for s in cb.call("port.list", team=True, pattern="shop:*")["services"]}
+        return found if set(found) == {"shop:api", "shop:web"} else None
+
+    found = _wait_for(both, 10)
+    assert found is not None
+    assert found["shop:api"]["host"] == "host-a" and found["shop:api"]["address"].endswith(f":{pa}")
+    assert found["shop:web"]["host"] == "host-b" and found["shop:web"]["address"].endswith(f":{pb}")
+    out = a.pd("find", "shop:*", "--team", "-q")
+    assert out.returncode == 0, out.stderr
+    assert f"shop:api {found['shop:api']['address']}" in out.stdout.splitlines()
+    with pytest.raises(OpError) as local_only:
+        daemon_factory(ipc_rate_limit=0).client().call("port.list", team=True)
+    assert local_only.value.code == "invalid_argument"

@@ -2,15 +2,19 @@
 
 A message for an agent that lives on another host (the agents bucket says which) is appended to
 `pd.<space>.inbox.<host id>`; the sender's call answers once JetStream stored it. Each host
-reads its own subject with a durable consumer, so what arrives while it is away waits in the
+pulls its own subject through a durable consumer, so what arrives while it is away waits in the
 stream: it stores each message in its local inbox, then acknowledges it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
+
+import nats.errors
+from nats.js import api
 
 from pdcore.state.base import Await, Ctx
 from pdcore.team.link import TeamLink
@@ -26,7 +30,7 @@ class TeamInbox:
         self.inbox = inbox
         self.root = inbox.root
         self.link = link
-        self.subscription: Any = None
+        self.consuming = False
         link.on_ready.append(self._ready)
 
     def host_of(self, agent_id: str) -> str | None:
@@ -54,23 +58,48 @@ class TeamInbox:
         return self.link.call(append, then=then)
 
     def _ready(self) -> None:
-        if self.subscription is None:
-            self.link.spawn(self._subscribe)
+        if not self.consuming:
+            self.consuming = True
+            self.link.run_forever(self._consume)
 
-    async def _subscribe(self) -> None:
-        """A durable consumer of this host's subject: messages that came while it was away arrive now."""
+    async def _consume(self) -> None:
+        """Pull this host's subject through a durable consumer: messages that came while it was away arrive now."""
         host = self.link.host_id
-        self.subscription = await self.link.js.subscribe(
-            self.link.subject(INBOX.short, host), durable=f"inbox-{host}", cb=self._arrived, manual_ack=True,
-            stream=stream_name(self.link.space, INBOX.short))
+        pause = self.link.config.team_reconnect_wait_ms / 1000
+        pull: Any = None
+        while True:
+            try:
+                if not self.link.available:
+                    pull = None
+                    await asyncio.sleep(pause)
+                    continue
+                if pull is None:
+                    # a delivery lost with a dead connection comes again after ack_wait
+                    pull = await self.link.js.pull_subscribe(
+                        self.link.subject(INBOX.short, host), durable=f"inbox-{host}",
+                        stream=stream_name(self.link.space, INBOX.short),
+                        config=api.ConsumerConfig(ack_wait=self.link.config.team_op_timeout_ms / 1000))
+                try:
+                    messages = await pull.fetch(64, timeout=1)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in messages:
+                    self._arrived(msg.data, msg.metadata.sequence.stream)
+                    await msg.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - an outage: open the consumer again once the link is back
+                log.warning("event=team.inbox_consumer error=%s", f"{type(exc).__name__}: {exc}")
+                pull = None
+                await asyncio.sleep(pause)
 
-    async def _arrived(self, msg: Any) -> None:
+    def _arrived(self, data: bytes, seq: int) -> None:
+        """Store one message in the local inbox (then the caller acknowledges it)."""
         try:
-            body = json.loads(msg.data)
+            body = json.loads(data)
             ctx = Ctx(self.root.clock(), source="internal")
             self.inbox.deliver(ctx, body["to"], body.get("from"), body["content"], body.get("contentType", "text"),
                                body.get("type", "message"))
         except (ValueError, KeyError, TypeError):
-            log.warning("event=team.bad_inbox_message seq=%s", msg.metadata.sequence.stream)
+            log.warning("event=team.bad_inbox_message seq=%s", seq)
         self.link.after_change()
-        await msg.ack()

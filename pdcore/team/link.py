@@ -166,6 +166,11 @@ class TeamLink:
         self._tasks.add(task)
         task.add_done_callback(self._background_done)
 
+    def run_forever(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a long-lived coroutine (a consumer's loop) until the link closes; it handles outages itself."""
+        task = self.loop.create_task(fn(*args))
+        self._tasks.add(task)
+
     def _background_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:

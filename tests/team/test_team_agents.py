@@ -231,12 +231,12 @@ def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_fact
     # B away: the message waits in the stream and arrives when B is back
     os.killpg(b.proc.pid, signal.SIGKILL)
     b.proc.wait(10)
-    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    away = ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
     b.start()
     wait_team_ready(b)
     cb = b.client()
     got = _wait_for(lambda: len(cb.call("inbox.list", id="bob")["messages"]) == 2, 15)
-    assert got, b.log_tail()
+    assert got, [(m["id"], m["content"]) for m in cb.call("inbox.list", id="bob")["messages"]]
     assert cb.call("inbox.list", id="bob")["messages"][0]["content"] == {"while": "away"}
     assert ca.call("inbox.list", id="bob")["messages"] == []  # not a copy on the sender's host
 

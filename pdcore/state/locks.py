@@ -269,7 +269,7 @@ class Locks(Primitive):
                 fence: int | None = None) -> dict | Await:
         """Free the lock; only its owner may (and only at its fence, when given), unless `force`."""
         if self.team is not None:
-            return self.team.release(ctx, name, None if force else self._owner(ctx, owner, "release"), bool(force),
+            return self.team.release(ctx, name, None if force else self._owner(ctx, owner), bool(force),
                                      fence)
         lock = self._live(name, ctx.now)
         if lock is None:

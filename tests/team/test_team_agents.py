@@ -231,7 +231,7 @@ def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_fact
     # B away: the message waits in the stream and arrives when B is back
     os.killpg(b.proc.pid, signal.SIGKILL)
     b.proc.wait(10)
-    away = ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
     b.start()
     wait_team_ready(b)
     cb = b.client()

@@ -6,6 +6,7 @@ import json
 
 import yaml
 
+from pdcore.team.space import BUCKETS, STREAMS
 from tests.conftest import Daemon
 from tests.team.conftest import wait_team_ready
 
@@ -24,7 +25,9 @@ def test_join_status_leave_round_trip(nats_server):
         assert status.returncode == 0, status.stderr
         body = json.loads(status.stdout)
         assert body["space"] == "clitest" and body["hostId"] == "laptop" and body["connected"]
-        assert {s["name"] for s in body["streams"] if s["ok"]} == {"hosts", "locks"}
+        declared = {b.short for b in BUCKETS} | {st.short for st in STREAMS}
+        assert {"hosts", "locks"} <= declared
+        assert {s["name"] for s in body["streams"] if s["ok"]} == declared
         assert [h["host"] for h in body["hosts"]] == ["laptop"]
         human = d.pd("team", "status")
         assert "space clitest as host laptop: connected" in human.stdout and "locks" in human.stdout

@@ -7,6 +7,7 @@ import click
 from cli.common import call, duration_ms, output, output_options, table
 
 SERVICE_COLUMNS = [("id", "IDENTITY"), ("port", "PORT"), ("pid", "PID"), ("status", "STATUS")]
+TEAM_SERVICE_COLUMNS = [("id", "IDENTITY"), ("address", "HOST:PORT"), ("host", "HOST"), ("status", "STATUS")]
 
 
 @click.command()
@@ -45,7 +46,12 @@ def release(target: str | None, id_opt: str | None, port: int | None) -> None:
            quiet=result["released"])
 
 
-def _list(pattern: str | None, status: str | None, port: int | None) -> None:
+def _list(pattern: str | None, status: str | None, port: int | None, team: bool = False) -> None:
+    if team:
+        result = call("port.list", pattern=pattern, status=status, team=True)
+        output(result, lambda r: table(r["services"], TEAM_SERVICE_COLUMNS, empty="no services in the team"),
+               quiet="\n".join(f"{s['id']} {s['address']}" for s in result["services"]))
+        return
     result = call("port.list", pattern=pattern, status=status, port=port)
     output(result, lambda r: table(r["services"], SERVICE_COLUMNS, empty="no services"),
            quiet="\n".join(f"{s['id']} {s['port']}" for s in result["services"]))
@@ -55,10 +61,11 @@ def _list(pattern: str | None, status: str | None, port: int | None) -> None:
 @click.argument("pattern", required=False)
 @click.option("--status", help="Only services with this status.")
 @click.option("--port", type=click.IntRange(1, 65535))
+@click.option("--team", is_flag=True, help="Team mode: every host's services, each as host:port.")
 @output_options
-def find(pattern: str | None, status: str | None, port: int | None) -> None:
+def find(pattern: str | None, status: str | None, port: int | None, team: bool) -> None:
     """Find services by identity pattern: `pd find 'myapp:*'`, `pd find 'myapp:*:main'`."""
-    _list(pattern, status, port)
+    _list(pattern, status, port, team)
 
 
 @click.command()

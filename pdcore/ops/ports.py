@@ -33,6 +33,7 @@ OPS = (
            Arg("status", "str", max_len=32, where="query"),
            Arg("port", "int", min=1, max=65535, where="query"),
            limit_arg(1000, max=100_000),
+           Arg("team", "bool", where="query", doc="team mode: every host's services, each with host:port"),
        ),
        reply={"services": "list", "count": "int"},
        routes=(Route("GET", "/services", v37=True),), cli=("services", "find")),

@@ -108,6 +108,13 @@ class Agents(Primitive):
         self._flush_timer: Timer | None = None
         self.heartbeats = 0
         self.reaped = 0
+        self.team: Any = None  # TeamMembers in team mode: agents, sessions and notes are published to the team
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): this host's agents, sessions and notes are published to the space."""
+        from pdcore.team.members import TeamMembers
+
+        self.team = TeamMembers(self.root, link)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, now: int) -> None:
@@ -199,6 +206,8 @@ class Agents(Primitive):
         if agent.pid:
             self._push(now + self.config.reaper_interval_ms, _PID, agent)
         self._arm(now)
+        if self.team is not None:
+            self.team.agent_changed(agent_id)
         if created:
             self.root.activity.record(ctx, "agent.register", agent_id, actor=agent_id, pid=agent.pid)
             self.root.publish(CHANNEL, {"event": "agent.registered", "agentId": agent_id, "pid": agent.pid,
@@ -213,6 +222,8 @@ class Agents(Primitive):
         agent.gen += 1
         self._dirty.discard(agent_id)
         self.store.write("DELETE FROM agents WHERE id=?", (agent_id,))
+        if self.team is not None:
+            self.team.agent_changed(agent_id)
         self.root.activity.record(ctx, "agent.unregister", agent_id, actor=agent_id)
         self.root.publish(CHANNEL, {"event": "agent.unregistered", "agentId": agent_id}, None, ctx.now)
         return True
@@ -221,10 +232,18 @@ class Agents(Primitive):
     def register(self, ctx: Ctx, id: str | None = None, name: str | None = None, type: str | None = None,
                  pid: int | None = None, identity: str | None = None, purpose: str | None = None,
                  metadata: dict | None = None, maxServices: int | None = None, maxLocks: int | None = None) -> dict:
-        agent_id = id or ctx.agent_id or new_agent_id()
+        if self.team is not None:
+            self.team.require()
+        result = self._register(ctx, id or ctx.agent_id or new_agent_id(), pid, name, type, identity, purpose,
+                                metadata, maxServices, maxLocks)
+        return result if self.team is None else self.team.acked(result)
+
+    def _register(self, ctx: Ctx, agent_id: str, pid: int | None, name: str | None = None, type: str | None = None,
+                  identity: str | None = None, purpose: str | None = None, metadata: dict | None = None,
+                  max_services: int | None = None, max_locks: int | None = None) -> dict:
         pid_start = self.check_pid(pid)
         agent, created = self.apply_register(ctx, agent_id, pid, pid_start, name, type, identity, purpose,
-                                             metadata, maxServices, maxLocks)
+                                             metadata, max_services, max_locks)
         return {"agentId": agent_id, "registered": True, "created": created, "agent": self.describe(agent, ctx.now),
                 "message": f"registered agent {agent_id}" if created else f"updated agent {agent_id}"}
 
@@ -235,7 +254,7 @@ class Agents(Primitive):
         if agent is None or agent.dead_at is not None or (pid is not None and pid != agent.pid):
             if not agent_id:
                 raise OpError("missing_field", "id (the agent id) is required", "id")
-            registered = self.register(ctx, id=agent_id, pid=pid)
+            registered = self._register(ctx, agent_id, pid)
             self._arm_flush(ctx.now)  # also gets the registration committed when nobody awaits a reply
             # 3.7 answered a first heartbeat with its registration reply (registered, message, salvageHint)
             agent = self.by_id[agent_id]
@@ -245,6 +264,8 @@ class Agents(Primitive):
         agent.last_heartbeat = ctx.now
         self.heartbeats += 1
         self._dirty.add(agent_id)
+        if self.team is not None:
+            self.team.agent_beat(agent_id)
         if self._flush_timer is None:
             self._arm_flush(ctx.now)
         return {"agentId": agent_id, "lastHeartbeat": ctx.now, "status": "alive"}
@@ -252,11 +273,17 @@ class Agents(Primitive):
     def unregister(self, ctx: Ctx, id: str) -> dict:
         if id not in self.by_id:
             raise OpError("not_found", f"no agent {id}", "id")
+        if self.team is not None:
+            self.team.require()
         self.apply_unregister(ctx, id)
-        return {"agentId": id, "unregistered": True}
+        result = {"agentId": id, "unregistered": True}
+        return result if self.team is None else self.team.acked(result)
 
     def get(self, ctx: Ctx, id: str) -> dict:
         agent = self.by_id.get(id)
+        remote = self.team.remote_agent(id) if agent is None and self.team is not None else None
+        if remote is not None:
+            return {"agent": remote}
         if agent is None:
             raise OpError("not_found", f"no agent {id}; register it with POST /agents or pd begin", "id")
         out = self.describe(agent, ctx.now)
@@ -278,7 +305,12 @@ class Agents(Primitive):
                 continue
             out.append(agent)
         out.sort(key=lambda a: a.registered_at)
-        return {"agents": [self.describe(a, now) for a in out[:limit]], "count": len(out)}
+        found = [self.describe(a, now) for a in out]
+        if self.team is not None:  # the agents of the other hosts, as they last published them
+            found += [r for r in (self.team.remote_agent(a) for a in list(self.team.agents)) if r is not None
+                      and not (active and r["status"] == "dead") and (status is None or r["status"] == status)
+                      and (identity is None or (r.get("identity") or "").startswith(identity.rstrip("*")))]
+        return {"agents": found[:limit], "count": len(found)}
 
     # -- the reaper ------------------------------------------------------------------------
     def _push(self, due: int, kind: int, agent: Agent) -> None:
@@ -355,6 +387,9 @@ class Agents(Primitive):
                                     "diedAt": now, "lastHeartbeat": agent.last_heartbeat,
                                     "sessionId": session.id if session else None, "releasedPorts": released},
                           None, now)
+        if self.team is not None:
+            self.team.agent_changed(agent.id)
+            self.team.kick()
 
     def _purge(self, agent: Agent) -> None:
         del self.by_id[agent.id]

@@ -47,6 +47,16 @@ class Inbox(Primitive):
     name = "inbox"
     load_order = 40
 
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.team: Any = None  # TeamInbox in team mode: messages for agents of other hosts go through the stream
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): a message for an agent of another host is appended to that host's subject."""
+        from pdcore.team.inbox import TeamInbox
+
+        self.team = TeamInbox(self, link)
+
     def send(self, ctx: Ctx, id: str, content: Any = None, message: Any = None, type: str | None = None,
              **sender: Any) -> dict:
         """Put a message in agent `id`'s inbox (`from` names the sender; `message` is a 3.7 alias)."""
@@ -60,12 +70,19 @@ class Inbox(Primitive):
         if len(text) > self.config.message_max_bytes:
             raise OpError("too_large", f"content is {len(text)} bytes; the limit is {self.config.message_max_bytes} "
                                        "(message_max_bytes)", "content")
-        id, resolved = self._recipient(id)
         from_agent = sender.get("from") or ctx.agent_id
+        host = self.team.host_of(id) if self.team is not None else None
+        if host is not None:
+            return self.team.send(ctx, host, id, from_agent, text, kind, type or "message")
+        id, resolved = self._recipient(id)
+        return {**self.deliver(ctx, id, from_agent, text, kind, type or "message"), **resolved}
+
+    def deliver(self, ctx: Ctx, id: str, from_agent: str | None, text: str, kind: str, type: str) -> dict:
+        """Store a checked message in agent `id`'s inbox and announce it."""
         cur = self.store.write(
             "INSERT INTO inbox_messages (agent_id, from_agent, content, content_type, type, created_at) "
             "VALUES (?,?,?,?,?,?)",
-            (id, from_agent, text, kind, type or "message", ctx.now),
+            (id, from_agent, text, kind, type, ctx.now),
         )
         message_id = cur.lastrowid
         self.store.write(
@@ -74,9 +91,9 @@ class Inbox(Primitive):
             (id, id, self.config.inbox_max_per_agent),
         )
         self.root.activity.record(ctx, "inbox.send", id, actor=from_agent, messageId=message_id)
-        self.root.publish(inbox_channel(id), {"messageId": message_id, "from": from_agent, "type": type or "message"},
+        self.root.publish(inbox_channel(id), {"messageId": message_id, "from": from_agent, "type": type},
                           from_agent, ctx.now)
-        return {"messageId": message_id, "agentId": id, "message": f"delivered to {id}", **resolved}
+        return {"messageId": message_id, "agentId": id, "message": f"delivered to {id}"}
 
     def _recipient(self, id: str) -> tuple[str, dict]:
         """The inbox to deliver to, and what to add to the reply (how a bare fleet name resolved, or a warning)."""

@@ -86,6 +86,9 @@ class Notes(Primitive):
         session.note_count += 1
         session.updated_at = ctx.now
         self.added += 1
+        team = self.root.agents.team
+        if team is not None:  # shared with the team, sealed with the team key (pdcore/team/members.py)
+            team.note_added(session.id)
         self.root.activity.record(ctx, "note.add", session.id, actor=agent, noteId=note_id, noteType=type,
                                   bytes=len(content.encode()))
         self.root.publish(CHANNEL, {"event": "note.added", "noteId": note_id, "sessionId": session.id,
@@ -146,7 +149,11 @@ class Notes(Primitive):
     def add(self, ctx: Ctx, id: str, content: str, type: str = "note", agentId: str | None = None) -> dict:
         session = self.root.sessions.require_active(id)
         self.check_note(content, type)
-        return self.apply_add(ctx, session, content, type, agentId or ctx.agent_id)
+        team = self.root.agents.team
+        if team is None:
+            return self.apply_add(ctx, session, content, type, agentId or ctx.agent_id)
+        team.require()
+        return team.acked(self.apply_add(ctx, session, content, type, agentId or ctx.agent_id))
 
     def quick(self, ctx: Ctx, content: str, type: str = "note", sessionId: str | None = None,
               agentId: str | None = None) -> dict:
@@ -154,6 +161,9 @@ class Notes(Primitive):
         sessions = self.root.sessions
         agent_id = agentId or ctx.agent_id
         self.check_note(content, type)
+        team = self.root.agents.team
+        if team is not None:
+            team.require()
         if sessionId is not None:
             session = sessions.require_active(sessionId, "sessionId")
         elif agent_id is not None:
@@ -166,14 +176,38 @@ class Notes(Primitive):
             session = sessions.apply_start(ctx, agent_id, None, QUICK_PURPOSE)
         out = self.apply_add(ctx, session, content, type, agent_id)
         out["sessionCreated"] = created
-        return out
+        return out if team is None else team.acked(out)
 
     def list(self, ctx: Ctx, limit: int = 50, type: str | None = None, agentId: str | None = None,
              sessionId: str | None = None, before: int | None = None, after: int | None = None) -> dict:
+        if sessionId is not None and self._remote(sessionId):
+            return self._team_notes(sessionId, limit, type, before, after)
         return self._query(sessionId, agentId, type, limit, before, after)
+
+    def _remote(self, session_id: str) -> bool:
+        """Team mode: a session of another host (its notes are read from the team's stream)."""
+        team = self.root.agents.team
+        return (team is not None and self.root.sessions.find(session_id) is None
+                and team.remote_session(session_id) is not None)
+
+    def _team_notes(self, session_id: str, limit: int, type: str | None, before: int | None,
+                    after: int | None) -> Any:
+        """The notes of another host's session, from the stream; `before`/`after` are the notes' `n`."""
+        team = self.root.agents.team
+        record = team.remote_session(session_id)
+
+        def then(found: list[dict]) -> dict:
+            views = [team.note_view(n) for n in found if (type is None or n["type"] == type)
+                     and (before is None or n["n"] < before) and (after is None or n["n"] > after)]
+            views = views[:limit] if after is not None else views[-limit:]
+            return {"notes": views, "count": len(views), "sessionId": session_id}
+
+        return team.link.call(team.read_notes, session_id, int(record.get("sharedNotes") or 0) + 1000, then=then)
 
     def session_notes(self, ctx: Ctx, id: str, limit: int = 100, type: str | None = None,
                       before: int | None = None, after: int | None = None) -> dict:
+        if self._remote(id):
+            return self._team_notes(id, limit, type, before, after)
         self.root.sessions.require(id)
         out = self._query(id, None, type, limit, before, after)
         out["sessionId"] = id
@@ -188,6 +222,11 @@ class Notes(Primitive):
     # when that one ends, so a result never predates the call it answers.
     def verify(self, ctx: Ctx, sessionId: str | None = None) -> dict:
         """Walk the chain of one session (or all) and decrypt every note: report what does not hold."""
+        if sessionId is not None and self._remote(sessionId):
+            team = self.root.agents.team
+            record = team.remote_session(sessionId)
+            return team.link.call(team.read_notes, sessionId, int(record.get("sharedNotes") or 0) + 1000,
+                                  then=lambda found: team.verify_notes(sessionId, found, record))
         if sessionId is not None:
             self.root.sessions.require(sessionId, "sessionId")
         job = self._verifies.get(sessionId or "")

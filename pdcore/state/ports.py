@@ -285,7 +285,13 @@ class Ports(Primitive):
         return [s.port for s in gone]
 
     def list(self, ctx: Ctx, pattern: str | None = None, status: str | None = None, port: int | None = None,
-             limit: int = 1000) -> dict:
+             limit: int = 1000, team: bool | None = None) -> dict:
+        if team:  # every host's services, as `host:port` (docs/team.md)
+            members = self.root.agents.team
+            if members is None:
+                raise OpError("invalid_argument", "team is for team mode; this daemon is in local mode "
+                                                  "(pd team join URL --space NAME)", "team")
+            return members.services_of_team(pattern, status, limit)
         if port is not None:
             svc = self.by_port.get(port)
             found = [svc] if svc is not None and (pattern is None or matches(pattern, svc.id)) else []

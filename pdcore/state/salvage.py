@@ -60,6 +60,13 @@ class Salvage(Primitive):
     def __init__(self, root: Any) -> None:
         super().__init__(root)
         self.open: dict[int, SalvageEntry] = {}
+        self.team: Any = None  # TeamSalvage in team mode: the queue is the team's bucket; this table its outbox
+
+    def on_team_link(self, link: Any) -> None:
+        """Team mode (docs/team.md): entries go to the space's `salvage` bucket; every step is compare-and-set."""
+        from pdcore.team.salvage import TeamSalvage
+
+        self.team = TeamSalvage(self, link)
 
     def load(self, now: int) -> None:
         for row in self.store.read(f"SELECT {_COLUMNS} FROM salvage WHERE status IN ('pending', 'claimed')"):
@@ -91,6 +98,8 @@ class Salvage(Primitive):
                               session.purpose, last_heartbeat, ctx.now, reason, files, "pending", None, None, None,
                               None, ctx.now))
         self.open[entry.id] = entry
+        if self.team is not None:
+            self.root.agents.team.salvage_queued(entry.id)
         self.root.activity.record(ctx, "salvage.queued", session.agent_id, actor=session.agent_id,
                                   sessionId=session.id, reason=reason, files=len(files))
         self._event(ctx, "salvage.queued", entry)
@@ -100,6 +109,8 @@ class Salvage(Primitive):
         """What `pd begin` says when dead agents of the project left work behind."""
         if project is None:
             return None
+        if self.team is not None:
+            return self.team.hint_for(project, limit)
         found = sorted((e for e in self.open.values() if e.status == "pending" and e.project == project),
                        key=lambda e: e.died_at, reverse=True)
         if not found:
@@ -146,6 +157,8 @@ class Salvage(Primitive):
     # -- operations ------------------------------------------------------------------------
     def list(self, ctx: Ctx, project: str | None = None, status: str | None = None, agentId: str | None = None,
              limit: int = 100) -> dict:
+        if self.team is not None:
+            return self.team.list(ctx, project, status, agentId, limit)
         if status is None or status in OPEN:
             wanted = OPEN if status is None else (status,)
             found = [e for e in self.open.values() if e.status in wanted
@@ -181,6 +194,8 @@ class Salvage(Primitive):
         repeat = self.root.take_records.recall(requestId, "salvage.claim", asked)
         if repeat is not None:
             return repeat
+        if self.team is not None:
+            return self.team.claim(ctx, agentId, claimer, sessionId)
         pending = self._entries_of(agentId, "pending", sessionId)
         if not pending:
             claimed = self._entries_of(agentId, "claimed", sessionId)
@@ -232,6 +247,8 @@ class Salvage(Primitive):
         claimer = claimedBy or newAgentId
         if not claimer:
             raise OpError("missing_field", "newAgentId (the agent that carried the work on) is required", "newAgentId")
+        if self.team is not None:
+            return self.team.complete(ctx, agentId, claimer, sessionId)
         entry = self._claimed_entry(agentId, claimer, sessionId, "complete")
         entry.status = "completed"
         entry.ended_at = entry.updated_at = ctx.now
@@ -242,6 +259,8 @@ class Salvage(Primitive):
 
     def abandon(self, ctx: Ctx, agentId: str, claimedBy: str | None = None, sessionId: str | None = None) -> dict:
         """Give the work back; an agent with no entry at all is already in that state (idempotent, as 3.7)."""
+        if self.team is not None:
+            return self.team.abandon(ctx, agentId, claimedBy, sessionId)
         if not self._entries_of(agentId, None, sessionId):
             return {"agentId": agentId, "status": None, "abandoned": False, "releasedFiles": [], "entry": None}
         entry = self._claimed_entry(agentId, claimedBy, sessionId, "abandon")
@@ -260,6 +279,8 @@ class Salvage(Primitive):
                 "entry": entry.to_dict()}
 
     def dismiss(self, ctx: Ctx, agentId: str, sessionId: str | None = None) -> dict:
+        if self.team is not None:
+            return self.team.dismiss(ctx, agentId, sessionId)
         found = self._entries_of(agentId, None, sessionId)  # none: nothing to drop (idempotent, as 3.7)
         for entry in found:
             entry.status = "dismissed"

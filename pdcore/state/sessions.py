@@ -100,6 +100,21 @@ class Sessions(Primitive):
         self.active_by_agent: dict[str, str] = {}
         # project ('' when none) -> path -> session id -> claim
         self.claims: dict[str, dict[str, dict[str, FileClaim]]] = {}
+        self.team: Any = None  # TeamMembers in team mode (pdcore/team/members.py): sessions are published
+        self.team_claims: Any = None  # TeamClaims in team mode: file-claim conflicts are judged team-wide
+
+    def on_team_link(self, link: Any) -> None:
+        from pdcore.team.claims import TeamClaims
+
+        self.team = self.root.agents.team
+        self.team_claims = TeamClaims(self, link)
+
+    def new_id(self) -> str:
+        return new_session_id()
+
+    def _changed(self, session: Session) -> None:
+        if self.team is not None:
+            self.team.session_changed(session.id)
 
     # -- loading ---------------------------------------------------------------------------
     def load(self, now: int) -> None:
@@ -173,11 +188,12 @@ class Sessions(Primitive):
         return current
 
     def apply_start(self, ctx: Ctx, agent_id: str | None, identity: str | None, purpose: str,
-                    phase: str = "planning", metadata: dict | None = None, replace: Session | None = None) -> Session:
+                    phase: str = "planning", metadata: dict | None = None, replace: Session | None = None,
+                    session_id: str | None = None) -> Session:
         now = ctx.now
         if replace is not None:
             self.apply_end(ctx, replace, "abandoned", reason="replaced")
-        session = Session(id=new_session_id(), agent_id=agent_id, identity=identity, project=project_of(identity),
+        session = Session(id=session_id or new_session_id(), agent_id=agent_id, identity=identity, project=project_of(identity),
                           purpose=purpose, phase=phase, status="active", metadata=metadata, created_at=now,
                           updated_at=now, ended_at=None)
         self.store.write(
@@ -188,6 +204,9 @@ class Sessions(Primitive):
         self.active[session.id] = session
         if agent_id:
             self.active_by_agent[agent_id] = session.id
+        self._changed(session)
+        if self.team is not None and agent_id:
+            self.team.agent_changed(agent_id)  # its record names its session
         self.root.activity.record(ctx, "session.start", session.id, actor=agent_id, identity=identity)
         self.root.publish(CHANNEL, {"event": "session.started", "sessionId": session.id, "agentId": agent_id,
                                     "identity": identity, "purpose": purpose}, None, now)
@@ -205,6 +224,7 @@ class Sessions(Primitive):
         del self.active[session.id]
         if session.agent_id and self.active_by_agent.get(session.agent_id) == session.id:
             del self.active_by_agent[session.agent_id]
+        self._changed(session)
         self.root.activity.record(ctx, f"session.{status}", session.id, actor=session.agent_id,
                                   reason=reason, releasedFiles=len(released))
         self.root.publish(CHANNEL, {"event": f"session.{status}", "sessionId": session.id,
@@ -278,6 +298,7 @@ class Sessions(Primitive):
             )
             self.root.activity.record(ctx, "files.claim", session.id, actor=session.agent_id, files=paths[:50],
                                       count=len(paths))
+            self._changed(session)
         return paths
 
     def _index_claim(self, session: Session, claim: FileClaim) -> None:
@@ -309,6 +330,7 @@ class Sessions(Primitive):
         if dropped:
             self.store.write_many("DELETE FROM file_claims WHERE session_id=? AND path=?",
                                   [(session.id, p) for p in dropped])
+            self._changed(session)
         return dropped
 
     def _expire_claim(self, session_id: str, path: str, expires_at: int) -> None:
@@ -334,15 +356,29 @@ class Sessions(Primitive):
         paths = self.normalize_files(files) if files is not None else []
         replace = self.check_start(agent_id, force)
         conflicts = self.check_claim(project_of(identity), paths, None, strict) if paths else []
-        session = self.apply_start(ctx, agent_id, identity, purpose, phase, metadata, replace)
-        if paths:
-            self.apply_claim(ctx, session, paths, None, strict)
-        # `id`, `purpose` and `status` at the top are 3.7's shape; `sessionId` and `session` ours.
-        return {"id": session.id, "purpose": session.purpose, "status": session.status, "sessionId": session.id,
-                "session": session.to_dict(), "conflicts": conflicts, "replaced": replace.id if replace else None}
+
+        def apply(team_conflicts: list[dict], session_id: str | None = None) -> dict:
+            session = self.apply_start(ctx, agent_id, identity, purpose, phase, metadata, replace, session_id)
+            if paths:
+                self.apply_claim(ctx, session, paths, None, strict)
+            # `id`, `purpose` and `status` at the top are 3.7's shape; `sessionId` and `session` ours.
+            return {"id": session.id, "purpose": session.purpose, "status": session.status, "sessionId": session.id,
+                    "session": session.to_dict(), "conflicts": conflicts + team_conflicts,
+                    "replaced": replace.id if replace else None}
+
+        if self.team is None:
+            return apply([])
+        self.team.require()
+        return self.team_claims.claim_then(ctx, project_of(identity), self.new_id(), agent_id, paths, None, strict,
+                                           apply)
 
     def list(self, ctx: Ctx, status: str | None = None, agentId: str | None = None, project: str | None = None,
              limit: int = 100) -> dict:
+        if self.team is not None:
+            return self._team_list(status, agentId, project, limit)
+        return self._local_list(status, agentId, project, limit)
+
+    def _local_list(self, status: str | None, agentId: str | None, project: str | None, limit: int) -> dict:
         if status == "active":
             found = [s for s in self.active.values()
                      if (agentId is None or s.agent_id == agentId) and (project is None or s.project == project)]
@@ -363,7 +399,18 @@ class Sessions(Primitive):
             out.append(live.to_dict() if live is not None else _row_to_session(r).to_dict())
         return {"sessions": out, "count": total}
 
+    def _team_list(self, status: str | None, agent_id: str | None, project: str | None, limit: int) -> dict:
+        """Team mode: this host's sessions (active, and the ended ones in the database) and the other
+        hosts' as they published them (active ones, and ended ones until their retention ends)."""
+        mine = self._local_list(status, agent_id, project, limit)["sessions"]
+        theirs = [r for r in self.team.remote_sessions() if (status is None or r.get("status") == status)
+                  and (agent_id is None or r.get("agentId") == agent_id) and (project is None or r.get("project") == project)]
+        found = sorted(mine + theirs, key=lambda r: r.get("createdAt") or 0, reverse=True)
+        return {"sessions": found[:limit], "count": len(found)}
+
     def get(self, ctx: Ctx, id: str, notes: int = 50) -> dict:
+        if self.team is not None and self.find(id) is None and self.team.remote_session(id) is not None:
+            return self.team.session_with_notes(id, notes)
         session = self.require(id)
         recent = self.root.notes.recent(id, notes) if notes else []
         return {"session": session.to_dict(), "notes": recent, "files": session.to_dict()["files"]}
@@ -390,6 +437,9 @@ class Sessions(Primitive):
             session.identity, session.project = identity, project_of(identity)
         if metadata is not None:
             session.metadata = metadata
+        if self.team is not None:
+            self.team.require()
+            self._changed(session)
         session.updated_at = now
         self.store.write("UPDATE sessions SET purpose=?, phase=?, identity=?, project=?, metadata=?, updated_at=? "
                          "WHERE id=?", (session.purpose, session.phase, session.identity, session.project,
@@ -402,25 +452,36 @@ class Sessions(Primitive):
             released = self.apply_end(ctx, session, status)
         else:
             self.root.activity.record(ctx, "session.update", id, actor=session.agent_id, phase=session.phase)
-        return {"sessionId": id, "session": session.to_dict(), "releasedFiles": released}
+        return self._acked({"sessionId": id, "session": session.to_dict(), "releasedFiles": released})
+
+    def _acked(self, result: dict) -> Any:
+        return result if self.team is None else self.team.acked(result)
+
+    def _require_team(self) -> None:
+        if self.team is not None:
+            self.team.require()
 
     def end(self, ctx: Ctx, id: str, status: str = "completed", note: str | None = None) -> dict:
         session = self.require_active(id)
         if note is not None:
             self.root.notes.check_note(note, "handoff", "note")
+        self._require_team()
+        if note is not None:
             self.root.notes.apply_add(ctx, session, note, "handoff")
         released = self.apply_end(ctx, session, status)
-        return {"sessionId": id, "status": status, "endedAt": session.ended_at, "releasedFiles": released,
-                "session": session.to_dict()}
+        return self._acked({"sessionId": id, "status": status, "endedAt": session.ended_at,
+                            "releasedFiles": released, "session": session.to_dict()})
 
     def set_phase(self, ctx: Ctx, id: str, phase: str) -> dict:
         session = self.require_active(id)
+        self._require_team()
+        self._changed(session)
         previous = session.phase
         session.phase = phase
         session.updated_at = ctx.now
         self.store.write("UPDATE sessions SET phase=?, updated_at=? WHERE id=?", (phase, ctx.now, id))
         self.root.activity.record(ctx, "session.phase", id, actor=session.agent_id, phase=phase, previous=previous)
-        return {"sessionId": id, "phase": phase, "previousPhase": previous}
+        return self._acked({"sessionId": id, "phase": phase, "previousPhase": previous})
 
     def claim_files(self, ctx: Ctx, id: str, files: Any, strict: bool = False, ttl: int | None = None) -> dict:
         session = self.require_active(id)
@@ -429,17 +490,27 @@ class Sessions(Primitive):
             raise OpError("missing_field", "files must name at least one path", "files")
         held_after = len(session.files) + sum(1 for p in paths if p not in session.files)
         conflicts = self.check_claim(session.project, paths, session.id, strict, held_after)
-        self.apply_claim(ctx, session, paths, ttl, strict)
-        return {"sessionId": id, "claimed": paths, "conflicts": conflicts, "files": session.to_dict()["files"]}
+
+        def apply(team_conflicts: list[dict], _: str | None = None) -> dict:
+            self.apply_claim(ctx, session, paths, ttl, strict)
+            return {"sessionId": id, "claimed": paths, "conflicts": conflicts + team_conflicts,
+                    "files": session.to_dict()["files"]}
+
+        if self.team is None:
+            return apply([])
+        self.team.require()
+        return self.team_claims.claim_then(ctx, session.project, session.id, session.agent_id, paths, ttl, strict,
+                                           apply)
 
     def release_files(self, ctx: Ctx, id: str, files: Any = None) -> dict:
         session = self.require_active(id)
         paths = list(session.files) if files is None else self.normalize_files(files)
+        self._require_team()
         released = self.drop_claims(session, paths)
         if released:
             self.root.activity.record(ctx, "files.release", id, actor=session.agent_id, files=released[:50],
                                       count=len(released))
-        return {"sessionId": id, "released": released, "files": session.to_dict()["files"]}
+        return self._acked({"sessionId": id, "released": released, "files": session.to_dict()["files"]})
 
     def files_list(self, ctx: Ctx, sessionId: str | None = None, agentId: str | None = None,
                    project: str | None = None, limit: int = 1000) -> dict:

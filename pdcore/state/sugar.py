@@ -38,11 +38,27 @@ class Sugar(Primitive):
         conflicts: list[dict] = []
         if paths:
             conflicts = sessions.check_claim(project, paths, replace.id if replace else None, strict, len(paths))
-        # -- then change state (nothing below refuses) ----------------------------------------
+        if agents.team is None:
+            return self._begin(ctx, agent_id, pid, pid_start, name, type, identity, text, metadata, replace, paths,
+                               strict, conflicts, project)
+        # team mode: the files are judged team-wide first (compare-and-set), then the same steps
+        agents.team.require()
+        return sessions.team_claims.claim_then(
+            ctx, project, sessions.new_id(), agent_id, paths, None, strict,
+            lambda theirs, sid: self._begin(ctx, agent_id, pid, pid_start, name, type, identity, text, metadata,
+                                            replace, paths, strict, conflicts + theirs, project, sid))
+
+    def _begin(self, ctx: Ctx, agent_id: str, pid: int | None, pid_start: float | None, name: str | None,
+               type: str | None, identity: str | None, text: str, metadata: dict | None, replace: Any,
+               paths: list[str], strict: bool, conflicts: list[dict], project: str | None,
+               session_id: str | None = None) -> dict:
+        """begin's changes, once everything is checked (nothing here refuses)."""
+        root = self.root
+        agents, sessions = root.agents, root.sessions
         _, created = agents.apply_register(ctx, agent_id, pid, pid_start, name=name, type=type, identity=identity,
                                            purpose=text, metadata=metadata)
         session = sessions.apply_start(ctx, agent_id, identity, text, phase="in_progress", metadata=metadata,
-                                       replace=replace)
+                                       replace=replace, session_id=session_id)
         if paths:
             sessions.apply_claim(ctx, session, paths, None, strict)
         out: dict[str, Any] = {
@@ -82,6 +98,8 @@ class Sugar(Primitive):
                           "agentId")
         if note is not None:
             notes.check_note(note, noteType, "note")
+        if agents.team is not None:
+            agents.team.require()
         # -- everything checked ---------------------------------------------------------------
         note_id = None
         if note is not None:
@@ -91,9 +109,10 @@ class Sugar(Primitive):
         unregistered = False
         if agent_id and not keepAgent:
             unregistered = agents.apply_unregister(ctx, agent_id)
-        return {"agentId": agent_id, "sessionId": session.id, "sessionStatus": status,
-                "agentUnregistered": unregistered, "notesCount": session.note_count, "finalNote": note is not None,
-                "noteId": note_id, "releasedFiles": released, "releasedLocks": locks}
+        out = {"agentId": agent_id, "sessionId": session.id, "sessionStatus": status,
+               "agentUnregistered": unregistered, "notesCount": session.note_count, "finalNote": note is not None,
+               "noteId": note_id, "releasedFiles": released, "releasedLocks": locks}
+        return out if agents.team is None else agents.team.acked(out)
 
     def whoami(self, ctx: Ctx, agentId: str | None = None, sessionId: str | None = None) -> dict:
         root = self.root
@@ -106,6 +125,9 @@ class Sugar(Primitive):
         elif agent_id:
             session = root.sessions.active_for_agent(agent_id)
         agent = root.agents.get_agent(agent_id) if agent_id else None
+        team = root.agents.team
+        if team is not None and agent is None and session is None:  # an agent of another host
+            return self._whoami_remote(ctx, team, agent_id, sessionId)
         active = session is not None and session.active
         out: dict[str, Any] = {}
         if not agent_id:
@@ -127,6 +149,32 @@ class Sugar(Primitive):
             "files": sorted(session.files) if session else [],
             "startedAt": session.created_at if session else None,
             "duration": ((session.ended_at or ctx.now) - session.created_at) if session else 0,
+        }
+
+    def _whoami_remote(self, ctx: Ctx, team: Any, agent_id: str | None, session_id: str | None) -> dict:
+        """whoami answered from what another host published of its agent and session."""
+        session = team.remote_session(session_id) if session_id else None
+        agent_id = agent_id or (session or {}).get("agentId")
+        agent = team.remote_agent(agent_id) if agent_id else None
+        if session is None and agent is not None and agent.get("sessionId"):
+            session = team.remote_session(agent["sessionId"])
+        s = session or {}
+        active = s.get("status") == "active"
+        out: dict[str, Any] = {}
+        if not agent_id:
+            out["hint"] = "No agent id given (agentId, or X-Agent-Id over HTTP). Use pd begin to start a session."
+        elif not active:
+            out["hint"] = (f"Agent {agent_id} has no active session. Use pd begin to start one." if agent else
+                           f"Agent {agent_id} is not registered. Use pd begin to start a session.")
+        return out | {
+            "active": active, "agentId": agent_id, "agentRegistered": agent is not None,
+            "liveness": agent.get("liveness") if agent else None, "sessionId": s.get("id"),
+            "sessionStatus": s.get("status"), "purpose": s.get("purpose"),
+            "identity": s.get("identity") or (agent or {}).get("identity"), "phase": s.get("phase"),
+            "noteCount": s.get("noteCount") or 0, "files": sorted(f["path"] for f in s.get("files", [])),
+            "startedAt": s.get("createdAt"),
+            "duration": ((s.get("endedAt") or ctx.now) - s["createdAt"]) if s.get("createdAt") else 0,
+            "host": (agent or s).get("host"),
         }
 
     def sitrep(self, ctx: Ctx, project: str | None = None, since: int | None = None, limit: int = 20) -> dict:

@@ -174,6 +174,8 @@ class TeamLink:
         self.disconnected_at: int | None = None
         self.reconnects = 0
         self.on_down: list[Callable[[], None]] = []  # called on the core's thread when the link goes down
+        self.on_ready: list[Callable[[], None]] = []  # called on the core's thread each time the space is (re)opened
+        self.ready_at: int | None = None  # when the space was last (re)opened
         self._watches: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
@@ -237,6 +239,11 @@ class TeamLink:
         task = self.loop.create_task(self._guard(fn(*args)))
         self._tasks.add(task)
         task.add_done_callback(self._background_done)
+
+    def run_forever(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a long-lived coroutine (a consumer's loop) until the link closes; it handles outages itself."""
+        task = self.loop.create_task(fn(*args))
+        self._tasks.add(task)
 
     def _background_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -312,6 +319,9 @@ class TeamLink:
                     for follower in self.followers.values():
                         await asyncio.wait_for(follower.caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
                     self.ready = True
+                    self.ready_at = int(time.time() * 1000)
+                    for fn in self.on_ready:  # e.g. host-owned records published again after an outage
+                        fn()
                     log.info("event=team.ready space=%s host=%s server=%s", self.space, self.host_id,
                              self._server_url())
                     self.after_change()

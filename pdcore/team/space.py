@@ -50,8 +50,17 @@ LOCKS = BucketSpec("locks")  # lock key -> its holder; the revision is the fence
 TUPLES = StreamSpec("tuples", config={"max_msgs_per_subject": 1})
 # channels: pd.<space>.channels.<channel>; each message's stream sequence is its id (pdcore/team/channels.py)
 CHANNELS = StreamSpec("channels", settings=_channel_limits)
-BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS)
-STREAMS: tuple[StreamSpec, ...] = (TUPLES, CHANNELS)
+# agents, sessions, notes, file claims, salvage, inbox, services (pdcore/team/members.py and neighbours)
+AGENTS = BucketSpec("agents")  # agent id (base64url) -> its registration, heartbeat, host and death
+SESSIONS = BucketSpec("sessions")  # session id -> the session, its file claims and the head of its shared notes
+CLAIMS = BucketSpec("claims")  # project (base64url) -> every file claim of the project; compare-and-set judges
+SALVAGE = BucketSpec("salvage")  # session id of a dead agent's session -> its salvage entry; CAS picks one claimer
+SERVICES = BucketSpec("services", markers=False)  # host id -> the services (identity, port) it serves
+NOTES = StreamSpec("notes")  # pd.<space>.notes.<session id>: sealed notes with the team key, hash-chained
+INBOX = StreamSpec("inbox")  # pd.<space>.inbox.<host id>: direct messages for the agents of that host
+
+BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS, AGENTS, SESSIONS, CLAIMS, SALVAGE, SERVICES)
+STREAMS: tuple[StreamSpec, ...] = (TUPLES, CHANNELS, NOTES, INBOX)
 _STREAM_IN_USE = 10058  # JetStream: "stream name already in use with a different configuration"
 
 

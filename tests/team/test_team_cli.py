@@ -25,7 +25,8 @@ def test_join_status_leave_round_trip(nats_server):
         assert status.returncode == 0, status.stderr
         body = json.loads(status.stdout)
         assert body["space"] == "clitest" and body["hostId"] == "laptop" and body["connected"]
-        declared = {b.short for b in BUCKETS} | {st.short for st in STREAMS}  # every one the space declares
+        declared = {b.short for b in BUCKETS} | {st.short for st in STREAMS}
+        assert {"hosts", "locks"} <= declared
         assert {s["name"] for s in body["streams"] if s["ok"]} == declared
         assert [h["host"] for h in body["hosts"]] == ["laptop"]
         human = d.pd("team", "status")

@@ -1,0 +1,265 @@
+"""Agents, salvage, sessions, notes, file claims, inbox and services shared by two daemons (two
+homes standing for two hosts) through a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pdcore.errors import OpError
+from tests.team.conftest import team_settings, wait_team_ready
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+@pytest.fixture
+def team_key(tmp_path):
+    path = tmp_path / "team.key"
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
+def _pair(nats_server, space: str, team_key, **more):
+    settings = team_settings([nats_server.url], space, team_key_file=str(team_key), reaper_interval_ms=300,
+                             team_heartbeat_ms=300, **more)
+    return settings
+
+
+def _entry(client, agent: str) -> dict | None:
+    return next((e for e in client.call("salvage.list")["entries"] if e["agentId"] == agent), None)
+
+
+def test_an_agent_dead_on_a_reaches_salvage_on_b_and_exactly_one_claimer_wins(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "salv", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    proc = _sleeper()
+    try:
+        ca.call("sugar.begin", purpose="migrate the db", identity="shop:api", agentId="victim", pid=proc.pid,
+                files=["src/db/*.sql"])
+        seen = _wait_for(lambda: next((x for x in cb.call("agent.list")["agents"] if x["id"] == "victim"), None), 10)
+        assert seen is not None and seen["host"] == "host-a" and seen["status"] == "alive"
+        proc.kill()
+        proc.wait()
+        entry = _wait_for(lambda: _entry(cb, "victim"), 15)
+        assert entry is not None, a.log_tail()
+        assert entry["status"] == "pending" and entry["files"] == ["src/db/*.sql"] and entry["project"] == "shop"
+        dead = _wait_for(lambda: cb.call("agent.get", id="victim")["agent"]["status"] == "dead", 10)
+        assert dead
+    finally:
+        proc.kill()
+    # both hosts claim at once: exactly one claimer wins across the team
+    results: list = []
+
+    def claim(client, who: str) -> None:
+        try:
+            results.append(("ok", who, client.call("salvage.claim", agentId="victim", claimedBy=who)))
+        except OpError as exc:
+            results.append(("err", who, exc.code))
+
+    threads = [threading.Thread(target=claim, args=(c, w)) for c, w in ((ca, "heir-a"), (b.client(), "heir-b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    wins = [r for r in results if r[0] == "ok"]
+    assert len(wins) == 1, results
+    assert [r[2] for r in results if r[0] == "err"] == ["already_claimed"]
+    winner = wins[0][1]
+    assert wins[0][2]["inheritedFiles"] == ["src/db/*.sql"]
+    claimed = _wait_for(lambda: (_entry(ca, "victim") or {}).get("claimedBy") == winner
+                        and (_entry(cb, "victim") or {}).get("claimedBy") == winner, 10)
+    assert claimed
+
+
+def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "host9", team_key, team_host_timeout_ms=2000)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    c_extra = daemon_factory(**settings, team_host_id="host-c")
+    wait_team_ready(a), wait_team_ready(b), wait_team_ready(c_extra)
+    ca = a.client()
+    proc = _sleeper()
+    try:
+        for i in range(3):
+            ca.call("sugar.begin", purpose=f"work {i}", identity="shop:web", agentId=f"worker-{i}", pid=proc.pid,
+                    files=[f"web/{i}/**"])
+        cb, cc = b.client(), c_extra.client()
+        assert _wait_for(lambda: len([x for x in cb.call("agent.list")["agents"] if x.get("host") == "host-a"]) == 3,
+                         10)
+        os.killpg(a.proc.pid, signal.SIGKILL)  # the whole daemon: supervisor, core, workers
+        a.proc.wait(10)
+        started = time.monotonic()
+
+        def all_dead() -> bool:
+            agents = [x for x in cb.call("agent.list")["agents"] if x.get("host") == "host-a"]
+            return len(agents) == 3 and all(x["status"] == "dead" for x in agents)
+
+        assert _wait_for(all_dead, 20), b.log_tail()
+        took = time.monotonic() - started
+        assert took >= 1.5  # not before the host timeout
+        entries = _wait_for(lambda: [e for e in cc.call("salvage.list")["entries"] if e["agentId"].startswith("worker-")]
+                            if len([e for e in cc.call("salvage.list")["entries"]
+                                    if e["agentId"].startswith("worker-")]) == 3 else None, 10)
+        assert entries is not None and sorted(e["files"][0] for e in entries) == ["web/0/**", "web/1/**", "web/2/**"]
+        declared = {e["declaredBy"] for e in entries}
+        assert declared <= {"host-b", "host-c"}
+        for x in cb.call("agent.list")["agents"]:
+            if x.get("host") == "host-a":
+                assert x["declaredBy"] in ("host-b", "host-c")
+        # their claims are gone from the team: another host may claim the same files strictly
+        got = cb.call("sugar.begin", purpose="take over", identity="shop:web", agentId="heir", files=["web/**"], strict=True)
+        assert got["sessionId"]
+    finally:
+        proc.kill()
+
+
+def _stream_bytes(url: str, stream: str) -> bytes:
+    import nats
+
+    async def read() -> bytes:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(stream)
+            out = b""
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg(stream, seq)
+                out += msg.subject.encode() + (msg.data or b"")
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plaintext(nats_server, daemon_factory,
+                                                                                   team_key):
+    settings = _pair(nats_server, "notes", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    begun = ca.call("sugar.begin", purpose="write notes", identity="blog:api", agentId="writer")
+    sid = begun["sessionId"]
+    secrets_ = [f"the launch code is swordfish-{i}" for i in range(5)]
+    for text in secrets_:
+        ca.call("note.add", id=sid, content=text)
+    got = cb.call("session.get", id=sid)
+    assert got["session"]["purpose"] == "write notes" and got["session"]["host"] == "host-a"
+    assert [n["content"] for n in got["notes"]] == secrets_
+    assert cb.call("note.verify", sessionId=sid)["ok"]
+    listed = cb.call("session.list", status="active")["sessions"]
+    assert sid in [s["id"] for s in listed]
+    who = cb.call("sugar.whoami", agentId="writer")
+    assert who["active"] and who["sessionId"] == sid and who["noteCount"] == 5
+    raw = _stream_bytes(nats_server.url, "pd-notes-notes")
+    assert raw and b"swordfish" not in raw and b"launch code" not in raw
+    # the session ends with a closing note on A: B reads it, and the chain still verifies
+    ca.call("sugar.done", agentId="writer", note="handing over: swordfish-final")
+    got = _wait_for(lambda: cb.call("session.get", id=sid) if cb.call("session.get", id=sid)["session"]["status"]
+                    == "completed" else None, 10)
+    assert got["notes"][-1]["content"] == "handing over: swordfish-final"
+    verified = cb.call("note.verify", sessionId=sid)
+    assert verified["ok"] and verified["checked"] == 6
+    assert b"swordfish-final" not in _stream_bytes(nats_server.url, "pd-notes-notes")
+
+
+def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(nats_server, daemon_factory,
+                                                                              team_key):
+    settings = _pair(nats_server, "claims", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    for round_ in range(10):
+        sa = a.client().call("sugar.begin", purpose="a", identity="mono:x", agentId=f"a-{round_}")["sessionId"]
+        sb = b.client().call("sugar.begin", purpose="b", identity="mono:y", agentId=f"b-{round_}")["sessionId"]
+        results: list = []
+        barrier = threading.Barrier(2)
+
+        def claim(daemon, sid: str, files: list[str], results=results, barrier=barrier) -> None:
+            client = daemon.client()
+            barrier.wait()
+            try:
+                results.append(("ok", client.call("session.claim_files", id=sid, files=files, strict=True)))
+            except OpError as exc:
+                results.append(("err", exc.code))
+
+        threads = [threading.Thread(target=claim, args=(a, sa, [f"src/{round_}/**"])),
+                   threading.Thread(target=claim, args=(b, sb, [f"src/{round_}/api/*.py"]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(r[0] for r in results) == ["err", "ok"], results
+        assert [r[1] for r in results if r[0] == "err"] == ["file_conflict"]
+    # advisory: a cross-host overlap is reported, not refused
+    sa = a.client().call("sugar.begin", purpose="adv", identity="mono:x", agentId="adv-a", files=["docs/*.md"])["sessionId"]
+    got = b.client().call("sugar.begin", purpose="adv", identity="mono:y", agentId="adv-b", files=["docs/intro.md"])
+    assert [c["sessionId"] for c in got["fileConflicts"]] == [sa]
+
+
+def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "inbox", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(), b.client()
+    cb.call("sugar.begin", purpose="listen", identity="chat:b", agentId="bob")
+    assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"].get("host") == "host-b", 10)
+    sent = ca.call("inbox.send", id="bob", content="hello from A", **{"from": "alice"})
+    assert sent["host"] == "host-b" and sent["seq"] > 0
+    got = _wait_for(lambda: cb.call("inbox.list", id="bob")["messages"], 10)
+    assert [(m["content"], m["from"]) for m in got] == [("hello from A", "alice")]
+    # B away: the message waits in the stream and arrives when B is back
+    os.killpg(b.proc.pid, signal.SIGKILL)
+    b.proc.wait(10)
+    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    b.start()
+    wait_team_ready(b)
+    cb = b.client()
+    got = _wait_for(lambda: len(cb.call("inbox.list", id="bob")["messages"]) == 2, 15)
+    assert got, [(m["id"], m["content"]) for m in cb.call("inbox.list", id="bob")["messages"]]
+    assert cb.call("inbox.list", id="bob")["messages"][0]["content"] == {"while": "away"}
+    assert ca.call("inbox.list", id="bob")["messages"] == []  # not a copy on the sender's host
+
+
+def test_find_team_lists_host_and_port_of_each_identity(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "find", team_key)
+    a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    pa = a.client().call("port.claim", id="shop:api")["port"]
+    cb = b.client()
+    pb = cb.call("port.claim", id="shop:web")["port"]
+
+    def both() -> dict | None:
+        found = {s["id"]: s for s in cb.call("port.list", team=True, pattern="shop:*")["services"]}
+        return found if set(found) == {"shop:api", "shop:web"} else None
+
+    found = _wait_for(both, 10)
+    assert found is not None
+    assert found["shop:api"]["host"] == "host-a" and found["shop:api"]["address"].endswith(f":{pa}")
+    assert found["shop:web"]["host"] == "host-b" and found["shop:web"]["address"].endswith(f":{pb}")
+    out = a.pd("find", "shop:*", "--team", "-q")
+    assert out.returncode == 0, out.stderr
+    assert f"shop:api {found['shop:api']['address']}" in out.stdout.splitlines()
+    with pytest.raises(OpError) as local_only:
+        daemon_factory(ipc_rate_limit=0).client().call("port.list", team=True)
+    assert local_only.value.code == "invalid_argument"

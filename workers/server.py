@@ -197,6 +197,7 @@ class DoorWorker(ASGIWorker):
 
     async def _serve(self) -> None:
         """Listen on every bound socket with our protocol, beat the heartbeat, stop when told."""
+        self._stop_asked = asyncio.Event()
         for sock in self.sockets:
             server = await self.loop.create_server(lambda: DoorProtocol(self), sock=sock.sock, start_serving=True)
             self.servers.append(server)
@@ -206,10 +207,26 @@ class DoorWorker(ASGIWorker):
                 if self.ppid != os.getppid():
                     self.log.info("Parent changed, shutting down: %s", self)
                     break
-                await asyncio.sleep(1.0)
+                try:  # a beat a second, but a stop signal ends the wait at once (not up to 1 s later)
+                    await asyncio.wait_for(self._stop_asked.wait(), 1.0)
+                except TimeoutError:
+                    pass
         except asyncio.CancelledError:
             pass
         await self._shutdown()
+
+    def handle_exit_signal(self) -> None:
+        super().handle_exit_signal()
+        self._wake()
+
+    def handle_quit_signal(self) -> None:
+        super().handle_quit_signal()
+        self._wake()
+
+    def _wake(self) -> None:
+        stop_asked = getattr(self, "_stop_asked", None)
+        if stop_asked is not None:  # signal handlers run on the worker's loop: setting it is safe
+            stop_asked.set()
 
     async def _shutdown(self) -> None:
         from workers.sse import stop_streams

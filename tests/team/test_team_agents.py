@@ -153,6 +153,17 @@ def _stream_bytes(url: str, stream: str) -> bytes:
     return asyncio.run(read())
 
 
+def _session_with_notes(client, sid: str, notes: int) -> dict | None:
+    """The session as `client`'s host sees it, once it holds `notes` notes (None before)."""
+    try:
+        got = client.call("session.get", id=sid)
+    except OpError as exc:
+        if exc.code == "not_found":
+            return None
+        raise
+    return got if len(got["notes"]) >= notes else None
+
+
 def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plaintext(nats_server, daemon_factory,
                                                                                    team_key):
     settings = _pair(nats_server, "notes", team_key)
@@ -164,7 +175,9 @@ def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plainte
     secrets_ = [f"the launch code is swordfish-{i}" for i in range(5)]
     for text in secrets_:
         ca.call("note.add", id=sid, content=text)
-    got = cb.call("session.get", id=sid)
+    # B sees A's writes once its watch delivers them (acknowledged on A does not mean applied on B)
+    got = _wait_for(lambda: _session_with_notes(cb, sid, len(secrets_)), 10)
+    assert got is not None, "host B never saw the session and its notes"
     assert got["session"]["purpose"] == "write notes" and got["session"]["host"] == "host-a"
     assert [n["content"] for n in got["notes"]] == secrets_
     assert cb.call("note.verify", sessionId=sid)["ok"]

@@ -621,10 +621,15 @@ class Core:
         for key in parked.keys:
             self.waiting.setdefault(key, {})[parked] = None
         parked.timer = self.timers.add(park.deadline, self._park_timeout, parked)
-        old = conn.parked.get(conv_id)
-        if old is not None:
-            self._finish_parked(old)
-        conn.parked[conv_id] = parked
+        self._hold(parked)
+
+    def _hold(self, parked: Parked) -> None:
+        """Count a parked call and file it under its connection (replacing one of the same conv_id)."""
+        if parked.conv_id:
+            old = parked.conn.parked.get(parked.conv_id)
+            if old is not None:
+                self._finish_parked(old)
+            parked.conn.parked[parked.conv_id] = parked
         self.stats["parked"] += 1
         self.parked_now += 1
 
@@ -634,13 +639,7 @@ class Core:
         self._park_seq += 1
         parked = Parked(self._park_seq, action, handler, args, conn, conv_id, agent_id,
                         Park((), _NO_DEADLINE, pending.on_timeout), durable)  # a Park later sets the wait's
-        if conv_id:
-            old = conn.parked.get(conv_id)
-            if old is not None:
-                self._finish_parked(old)
-            conn.parked[conv_id] = parked
-        self.stats["parked"] += 1
-        self.parked_now += 1
+        self._hold(parked)
         self._start_await(parked, pending)
 
     def _start_await(self, parked: Parked, pending: Await) -> None:

@@ -129,12 +129,7 @@ class Sugar(Primitive):
         if team is not None and agent is None and session is None:  # an agent of another host
             return self._whoami_remote(ctx, team, agent_id, sessionId)
         active = session is not None and session.active
-        out: dict[str, Any] = {}
-        if not agent_id:
-            out["hint"] = "No agent id given (agentId, or X-Agent-Id over HTTP). Use pd begin to start a session."
-        elif not active:
-            out["hint"] = (f"Agent {agent_id} has no active session. Use pd begin to start one." if agent else
-                           f"Agent {agent_id} is not registered. Use pd begin to start a session.")
+        out = _whoami_hint(agent_id, active, agent is not None)
         return out | {
             "active": active,
             "agentId": agent_id,
@@ -160,12 +155,7 @@ class Sugar(Primitive):
             session = team.remote_session(agent["sessionId"])
         s = session or {}
         active = s.get("status") == "active"
-        out: dict[str, Any] = {}
-        if not agent_id:
-            out["hint"] = "No agent id given (agentId, or X-Agent-Id over HTTP). Use pd begin to start a session."
-        elif not active:
-            out["hint"] = (f"Agent {agent_id} has no active session. Use pd begin to start one." if agent else
-                           f"Agent {agent_id} is not registered. Use pd begin to start a session.")
+        out = _whoami_hint(agent_id, active, agent is not None)
         return out | {
             "active": active, "agentId": agent_id, "agentRegistered": agent is not None,
             "liveness": agent.get("liveness") if agent else None, "sessionId": s.get("id"),
@@ -223,3 +213,13 @@ class Sugar(Primitive):
 
 
 PRIMITIVE = Sugar
+
+
+def _whoami_hint(agent_id: str | None, active: bool, registered: bool) -> dict[str, Any]:
+    """whoami's `hint` (3.7): what to do when there is no agent or no active session."""
+    if not agent_id:
+        return {"hint": "No agent id given (agentId, or X-Agent-Id over HTTP). Use pd begin to start a session."}
+    if not active:
+        return {"hint": f"Agent {agent_id} has no active session. Use pd begin to start one." if registered else
+                        f"Agent {agent_id} is not registered. Use pd begin to start a session."}
+    return {}

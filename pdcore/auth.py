@@ -66,15 +66,9 @@ def ensure_token(path: Path) -> str:
     path = Path(path)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        _write_new(path, token)
     except FileExistsError:
         return read_token(path)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, token.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return token
 
 
@@ -85,15 +79,20 @@ def rotate_token(path: Path) -> str:
     path = Path(path)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    _write_new(tmp, token)
+    os.replace(tmp, path)
+    return token
+
+
+def _write_new(path: Path, token: str) -> None:
+    """Create `path` holding `token`: never an existing file or a symlink (O_EXCL), 0600, on disk."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, token.encode() + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    return token
 
 
 def client_token(path: Path) -> str | None:

@@ -728,14 +728,7 @@ class Core:
         if parked.task is not None:
             parked.task.cancel()  # the caller is answered (or gone): its outcome no longer matters
             parked.task = None
-        if parked.timer is not None:
-            parked.timer.cancel()
-        for key in parked.keys:
-            waiters = self.waiting.get(key)
-            if waiters is not None:
-                waiters.pop(parked, None)
-                if not waiters:
-                    del self.waiting[key]
+        self._unwait(parked)
         if parked.conn.parked.get(parked.conv_id) is parked:
             del parked.conn.parked[parked.conv_id]
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 class FakeTransport:
@@ -34,3 +38,25 @@ class FakeTransport:
     def close(self) -> None:
         self.sock.close()
         self.other.close()
+
+
+@contextmanager
+def core_on_fake_connection(home: Path, **settings: object) -> Iterator[tuple]:
+    """A Core over a fresh home with one public Connection on a FakeTransport, on its own loop:
+    (core, connection, transport, loop)."""
+    from pdcore.config import load_config
+    from pdcore.core import Connection, Core
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    core = Core(load_config(home, **settings))
+    try:
+        core.state.load()
+        conn = Connection(core, True)
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        yield core, conn, transport, loop
+    finally:
+        core.store.close()
+        loop.close()
+        asyncio.set_event_loop(None)

@@ -9,27 +9,17 @@ import msgpack
 import pytest
 
 from pdcore import protocol as P
-from pdcore.config import load_config
-from pdcore.core import Connection, Core, _Entry
+from pdcore.core import Core, _Entry
 from pdcore.errors import OpError
 from pdcore.ops import CATALOGUE
 from pdcore.state import Await, Park
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, core_on_fake_connection
 
 
 @pytest.fixture
 def core(tmp_path):
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    c = Core(load_config(tmp_path, ipc_rate_limit=0))
-    c.state.load()
-    conn = Connection(c, True)
-    transport = FakeTransport()
-    conn.connection_made(transport)
-    yield c, conn, transport, loop
-    c.store.close()
-    loop.close()
-    asyncio.set_event_loop(None)
+    with core_on_fake_connection(tmp_path, ipc_rate_limit=0) as made:
+        yield made
 
 
 def _install(c: Core, handler) -> None:

@@ -10,21 +10,13 @@ import pytest
 from pdcore import protocol as P
 from pdcore.config import load_config
 from pdcore.core import Connection, Core
-from tests.unit.fakes import FakeTransport
+from tests.unit.fakes import FakeTransport, core_on_fake_connection
 
 
 @pytest.fixture
 def core(tmp_path):
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    c = Core(load_config(tmp_path, ipc_rate_limit=0))
-    c.state.load()
-    conn = Connection(c, True)
-    conn.connection_made(FakeTransport())
-    yield c, conn
-    c.store.close()
-    loop.close()
-    asyncio.set_event_loop(None)
+    with core_on_fake_connection(tmp_path, ipc_rate_limit=0) as (c, conn, _transport, _loop):
+        yield c, conn
 
 
 def test_repeated_heartbeat_frames_each_run_the_handler(core):

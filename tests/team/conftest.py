@@ -13,11 +13,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from pdcore.errors import OpError
 from pdcore.testing import free_port
 
 NATS_SERVER = shutil.which("nats-server")
@@ -151,3 +153,36 @@ def wait_team_ready(daemon, timeout: float = 30.0) -> dict:
                 return status
             time.sleep(0.1)
     raise AssertionError(f"team link not ready: {status}\n{daemon.log_tail()}")
+
+
+def stop_nats_under(daemon, nats_server, waiting: dict, failing: list[dict], http: tuple[str, str, dict],
+                    local_id: str) -> None:
+    """Stop NATS while `waiting` (a call's arguments, `action` included) is parked in `daemon`, then
+    check the outage: the parked call ends with team_unavailable instead of hanging, each call of
+    `failing` fails with it within 3 s (team_op_timeout_ms is 2 s in team_settings), the HTTP
+    request `http` is a 503 `team_unavailable`, and a local claim of `local_id` still works."""
+    outcome: dict = {}
+
+    def park() -> None:
+        try:
+            outcome["result"] = daemon.client(timeout=30).call(**waiting)
+        except OpError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=park)
+    thread.start()
+    time.sleep(0.5)
+    nats_server.stop()
+    thread.join(10)
+    assert not thread.is_alive(), f"a parked {waiting['action']} hung while NATS was away"
+    assert outcome["error"].code == "team_unavailable"
+    c = daemon.client(timeout=30)
+    for call in failing:
+        started = time.monotonic()
+        with pytest.raises(OpError) as err:
+            c.call(**call)
+        assert err.value.code == "team_unavailable", call
+        assert time.monotonic() - started < 3, call
+    status, body = daemon.http(*http)
+    assert status == 503 and body["reason"] == "team_unavailable", body
+    assert c.call("port.claim", id=local_id)["port"] > 0  # local work goes on

@@ -8,12 +8,9 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
-from pdcore.errors import OpError
 from tests.integration.test_messaging import SseReader, wait_until
 from tests.integration.test_sse_resume import EventStream
-from tests.team.conftest import team_settings, wait_team_ready
+from tests.team.conftest import stop_nats_under, team_settings, wait_team_ready
 
 MESSAGES = 200
 
@@ -98,32 +95,12 @@ def test_nats_stopped_channel_calls_fail_fast_and_work_again_when_back(nats_serv
     wait_team_ready(d)
     c = d.client(timeout=30)
     kept = c.call("msg.publish", channel="kept", payload="before")["id"]
-    poll: dict = {}
-
-    def long_poll() -> None:
-        try:
-            poll["result"] = d.client(timeout=30).call("msg.poll", channel="quiet", after=0, timeout=20_000)
-        except OpError as exc:
-            poll["error"] = exc
-
-    thread = threading.Thread(target=long_poll)
-    thread.start()
-    time.sleep(0.5)
-    nats_server.stop()
-    thread.join(10)
-    assert not thread.is_alive(), "a long-poll hung while NATS was away"
-    assert poll["error"].code == "team_unavailable"
-    for call in (lambda: c.call("msg.publish", channel="kept", payload="x"),
-                 lambda: c.call("msg.history", channel="kept"),
-                 lambda: c.call("msg.poll", channel="kept", after=0, timeout=0)):
-        started = time.monotonic()
-        with pytest.raises(OpError) as err:
-            call()
-        assert err.value.code == "team_unavailable"
-        assert time.monotonic() - started < 3  # team_op_timeout_ms is 2000 here
-    status, body = d.http("POST", "/msg/kept", {"payload": "http"})
-    assert status == 503 and body["reason"] == "team_unavailable", body
-    assert c.call("port.claim", id="chandown:api")["port"] > 0  # local work goes on
+    stop_nats_under(
+        d, nats_server, waiting={"action": "msg.poll", "channel": "quiet", "after": 0, "timeout": 20_000},
+        failing=[{"action": "msg.publish", "channel": "kept", "payload": "x"},
+                 {"action": "msg.history", "channel": "kept"},
+                 {"action": "msg.poll", "channel": "kept", "after": 0, "timeout": 0}],
+        http=("POST", "/msg/kept", {"payload": "http"}), local_id="chandown:api")
     nats_server.start()
     wait_team_ready(d)
     assert [m["id"] for m in c.call("msg.history", channel="kept")["messages"]] == [kept]  # kept by JetStream

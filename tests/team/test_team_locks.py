@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pdcore.errors import OpError
-from tests.team.conftest import team_settings, wait_team_ready
+from tests.team.conftest import stop_nats_under, team_settings, wait_team_ready
 
 ACQUIRERS = 64
 ROUNDS = int(os.environ.get("PD_TEAM_LOCK_ROUNDS", "200"))
@@ -153,34 +153,13 @@ def test_nats_stopped_team_calls_fail_fast_local_calls_work_and_recover_without_
     wait_team_ready(d)
     c = d.client(timeout=30)
     c.call("lock.acquire", name="held", owner="X", ttl=60_000)
-    waiter: dict = {}
-
-    def wait_for_it() -> None:
-        try:
-            waiter["result"] = d.client(timeout=30).call("lock.acquire", name="held", owner="Y", ttl=1000,
-                                                         wait=20_000)
-        except OpError as exc:
-            waiter["error"] = exc
-
-    thread = threading.Thread(target=wait_for_it)
-    thread.start()
-    time.sleep(0.5)
-    nats_server.stop()
-    thread.join(10)
-    assert not thread.is_alive(), "a parked waiter hung while NATS was away"
-    assert waiter["error"].code == "team_unavailable"
-    for call in (lambda: c.call("lock.acquire", name="other", owner="X", ttl=1000),
-                 lambda: c.call("lock.release", name="held", owner="X"),
-                 lambda: c.call("lock.get", name="held"),
-                 lambda: c.call("lock.list")):
-        started = time.monotonic()
-        with pytest.raises(OpError) as err:
-            call()
-        assert err.value.code == "team_unavailable"
-        assert time.monotonic() - started < 3  # team_op_timeout_ms is 2000 here
-    status, body = d.http("POST", "/locks/http-door", {"owner": "X", "ttl": 1000})
-    assert status == 503 and body["reason"] == "team_unavailable", body
-    assert c.call("port.claim", id="teamdown:api")["port"] > 0  # local work goes on
+    stop_nats_under(
+        d, nats_server,
+        waiting={"action": "lock.acquire", "name": "held", "owner": "Y", "ttl": 1000, "wait": 20_000},
+        failing=[{"action": "lock.acquire", "name": "other", "owner": "X", "ttl": 1000},
+                 {"action": "lock.release", "name": "held", "owner": "X"},
+                 {"action": "lock.get", "name": "held"}, {"action": "lock.list"}],
+        http=("POST", "/locks/http-door", {"owner": "X", "ttl": 1000}), local_id="teamdown:api")
     st = c.call("team.status")
     assert not st["connected"] and st["lastError"]
     nats_server.start()

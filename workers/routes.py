@@ -135,6 +135,7 @@ class Endpoint:
     def __post_init__(self) -> None:
         self.arg_names = frozenset(a.name for a in self.op.args)
         self.body_keys = self.arg_names | frozenset(PASSTHROUGH_QUERY)
+        self.takes_owner = self.op.actor == "owner"  # the ops whose owner names the caller (locks)
         self.method = self.route.method.upper()
         self.has_body = self.method in BODY_METHODS
         self.idempotent = self.method in READ_METHODS
@@ -158,6 +159,8 @@ class Endpoint:
                     args.update(body)
                 else:
                     args = body
+        if header_agent and self.takes_owner and "owner" not in args:
+            args["owner"] = header_agent  # 3.7: a lock's owner is owner, then X-Agent-Id, then agentId
         if params:
             path = {self.fields.get(k, k): unescape_param(v) if isinstance(v, str) else v for k, v in params.items()}
             typed = coerce_text_args(self.op, path)

@@ -3,7 +3,7 @@
 from pdcore.ops.schema import Arg, Code37, Op, Route
 
 _NAME = Arg("name", "name", required=True, where="path", doc="the lock's name")
-_OWNER_DOC = "who holds it; defaults to the caller's agentId (X-Agent-Id over HTTP), else `anonymous`"
+_OWNER_DOC = "who holds it; defaults to X-Agent-Id over HTTP, then the caller's agentId, else `anonymous`"
 # 3.7 answered every failed PUT 400 LOCK_NOT_FOUND, and a refused DELETE 403 LOCK_NOT_FOUND.
 _EXTEND_37 = tuple(Code37(ours, "LOCK_NOT_FOUND", 400) for ours in ("not_found", "expired", "not_owner"))
 _RELEASE_37 = (Code37("not_owner", "LOCK_NOT_FOUND", 403),)

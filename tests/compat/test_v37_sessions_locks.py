@@ -24,6 +24,11 @@ def test_lock_owner_comes_from_x_agent_id_then_agent_id_then_a_default(daemon, u
     assert status == 200 and body["owner"] == f"hdr-{uid}"
     status, body = sock_http(daemon, "POST", f"/locks/b-{uid}", {"agentId": f"body-{uid}"})
     assert status == 200 and body["owner"] == f"body-{uid}"
+    status, body = sock_http(daemon, "POST", f"/locks/hb-{uid}", {"agentId": f"body-{uid}"},
+                             headers={"X-Agent-Id": f"hdr-{uid}"})
+    assert status == 200 and body["owner"] == f"hdr-{uid}"  # the header comes before agentId
+    status, body = sock_http(daemon, "DELETE", f"/locks/hb-{uid}", {}, headers={"X-Agent-Id": f"hdr-{uid}"})
+    assert status == 200 and body["released"] is True
     status, body = sock_http(daemon, "POST", f"/locks/d-{uid}", {})
     assert status == 200 and body["owner"] == "anonymous"
     status, body = sock_http(daemon, "DELETE", f"/locks/d-{uid}", {})  # the same default releases it

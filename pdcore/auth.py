@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 import time
 from pathlib import Path
+
+from pdcore.privatefile import PrivateFileError, read_private
 
 TOKEN_ENV = "PORT_DADDY_TOKEN"
 AUTH_REALM = 'realm="port-daddy"'  # in the WWW-Authenticate header of every 401
@@ -30,30 +31,16 @@ class TokenError(RuntimeError):
     """The token file cannot be used; the message says what is wrong and what to do."""
 
 
-def _open_flags() -> int:
-    return os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-
-
 def read_token(path: Path) -> str:
     """The token in `path`, refusing a file that is not ours, not private or empty (TokenError)."""
     try:
-        fd = os.open(path, _open_flags())
+        data = read_private(path, "token file", 4096,
+                            after_chmod="then `pd token rotate`: others may have read it")
     except FileNotFoundError:
         raise TokenError(f"token file {path} is missing; `pd start` creates it") from None
-    except OSError as exc:
-        raise TokenError(f"token file {path} cannot be opened: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TokenError(f"token file {path} is not a regular file")
-        if info.st_uid != os.getuid():
-            raise TokenError(f"token file {path} belongs to uid {info.st_uid}, not to you; fix its owner")
-        if info.st_mode & 0o077:
-            raise TokenError(f"token file {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600 "
-                             f"(run: chmod 600 {path}, then `pd token rotate`: others may have read it)")
-        token = os.read(fd, 4096).decode("ascii", "replace").strip()
-    finally:
-        os.close(fd)
+    except PrivateFileError as exc:
+        raise TokenError(str(exc)) from None
+    token = data.decode("ascii", "replace").strip()
     if not token:
         raise TokenError(f"token file {path} is empty; run `pd token rotate` to make a new token")
     return token

@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from pdcore.privatefile import PrivateFileError, read_private
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -57,27 +58,10 @@ def read_key(path: Path) -> bytes:
 
     Raises FileNotFoundError when there is none, MasterKeyError when it cannot be used.
     """
-    path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise MasterKeyError(f"master key {path} cannot be opened: {exc.strerror}; it must be a regular file") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise MasterKeyError(f"master key {path} is not a regular file")
-        if info.st_uid != os.getuid():
-            raise MasterKeyError(f"master key {path} belongs to uid {info.st_uid}, not to you; fix its owner")
-        if info.st_mode & 0o077:
-            raise MasterKeyError(
-                f"master key {path} has mode {stat.S_IMODE(info.st_mode):04o}; it must be 0600 "
-                f"(run: chmod 600 {path})"
-            )
-        key = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
+        key = read_private(Path(path), "master key", KEY_BYTES + 1)
+    except PrivateFileError as exc:
+        raise MasterKeyError(str(exc)) from None
     if len(key) != KEY_BYTES:
         raise MasterKeyError(
             f"master key {path} is {len(key)} bytes long; it must be exactly {KEY_BYTES} bytes "

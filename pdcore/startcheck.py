@@ -31,14 +31,14 @@ class StartRefused(Exception):
 
     def __init__(self, kind: str, problem: str, fix: str = "") -> None:
         super().__init__(f"{problem}; {fix}" if fix else problem)
-        self.kind = kind  # key_file, key_missing, key_wrong, db_missing, db_empty, db_corrupt
+        self.kind = kind  # key_file, team_key, key_missing, key_wrong, db_missing, db_empty, db_corrupt
         self.problem = problem
         self.fix = fix
 
     @property
     def can_start_afresh(self) -> bool:
         """Moving the state aside helps (it does not for a key file that is unsafe or malformed)."""
-        return self.kind != "key_file"
+        return self.kind not in ("key_file", "team_key")
 
 
 def _restore_or_afresh(db: Path) -> str:
@@ -49,6 +49,13 @@ def _restore_or_afresh(db: Path) -> str:
 
 def check_state(config: Config) -> None:
     """Refuse (StartRefused) a state the daemon must not serve; return when it may start. Reads only."""
+    if config.team_servers and config.team_key_file is not None:
+        from pdcore.team.keyfile import TeamKeyError, read_key_file
+
+        try:
+            read_key_file(Path(config.team_key_file))
+        except TeamKeyError as exc:
+            raise StartRefused("team_key", str(exc), "or pd team join again with --key-file") from None
     db, key_path = Path(config.db_path), Path(config.key_path)
     try:
         key: bytes | None = read_key(key_path)

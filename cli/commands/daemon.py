@@ -223,6 +223,13 @@ def _doctor_team(config: Config, live: int | None, add: Callable[..., None]) -> 
         path = getattr(config, key)
         if path is not None and not Path(path).is_file():
             add(f"team {key[5:]}", False, f"{path} is missing", f"fix team.{key[5:]} in config.yaml or pd team join again")
+    if config.team_key_file is not None and Path(config.team_key_file).is_file():
+        from pdcore.team.keyfile import TeamKeyError, read_key_file
+
+        try:
+            read_key_file(Path(config.team_key_file))
+        except TeamKeyError as exc:
+            add("team key_file", False, str(exc), "pd team join again with --key-file")
     try:
         import nats  # noqa: F401
     except ImportError:
@@ -264,7 +271,7 @@ def _doctor_state(config: Config, add: Callable[..., None]) -> None:
     try:
         check_state(config)
     except StartRefused as exc:
-        if exc.kind != "key_file":  # reported just above
+        if exc.kind not in ("key_file", "team_key"):  # reported just above, or by the team checks
             add("database", False, exc.problem, exc.fix)
         return
     add("database", True, f"{config.db_path}: quick_check ok, the master key is its key" if config.db_path.exists()

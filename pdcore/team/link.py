@@ -47,6 +47,7 @@ from pdcore.config import Config
 from pdcore.errors import OpError
 from pdcore.state.base import Await
 from pdcore.team.space import BUCKETS, HOSTS, STREAMS, bucket_name, open_space, stream_name
+from pdcore.team.takes import TakeIndex
 
 OnOpen = Callable[[int], int]  # (the stream's last sequence now) -> the sequence to follow from (1: all)
 OnMessage = Callable[[int, str, bytes, dict], None]  # (sequence, subject, data, headers)
@@ -168,6 +169,7 @@ class TeamLink:
         self.watchers: dict[str, Callable[[str, int, bytes | None], None]] = {}  # short name -> on_change
         self.followers: dict[str, Follower] = {}  # short stream name -> its mirror's callbacks
         self.hosts: dict[str, dict] = {}  # host id -> its last heartbeat record
+        self.takes = TakeIndex(config)  # take records read off the takes' writes (tuples, salvage)
         self.last_error: str | None = None
         self.last_error_at: int | None = None
         self.connected_at: int | None = None

@@ -69,28 +69,49 @@ def test_an_agent_dead_on_a_reaches_salvage_on_b_and_exactly_one_claimer_wins(na
         assert dead
     finally:
         proc.kill()
-    # both hosts claim at once: exactly one claimer wins across the team
+    # both hosts claim at once: exactly one claimer wins across the team. heir-a's claim is sent to
+    # both hosts with one requestId (a repeat on another host while the first try is in flight):
+    # it is one take, so both calls get its one answer, or both already_claimed.
     results: list = []
+    barrier = threading.Barrier(3)
 
-    def claim(client, who: str) -> None:
+    def claim(daemon, who: str, rid: str) -> None:
+        client = daemon.client()
+        barrier.wait()
         try:
-            results.append(("ok", who, client.call("salvage.claim", agentId="victim", claimedBy=who)))
+            results.append(("ok", rid, client.call("salvage.claim", agentId="victim", claimedBy=who, requestId=rid)))
         except OpError as exc:
-            results.append(("err", who, exc.code))
+            results.append(("err", rid, exc.code))
 
-    threads = [threading.Thread(target=claim, args=(c, w)) for c, w in ((ca, "heir-a"), (b.client(), "heir-b"))]
+    calls = ((a, "heir-a", "rid-a"), (b, "heir-b", "rid-b"), (b, "heir-a", "rid-a"))
+    threads = [threading.Thread(target=claim, args=call) for call in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     wins = [r for r in results if r[0] == "ok"]
-    assert len(wins) == 1, results
-    assert [r[2] for r in results if r[0] == "err"] == ["already_claimed"]
-    winner = wins[0][1]
-    assert wins[0][2]["inheritedFiles"] == ["src/db/*.sql"]
+    assert len(results) == 3 and {r[1] for r in wins} in ({"rid-a"}, {"rid-b"}), results
+    assert all(r[2] == "already_claimed" for r in results if r[0] == "err"), results
+    rid, first = wins[0][1], next(r[2] for r in wins if not r[2].get("repeated"))
+    assert len(wins) == (2 if rid == "rid-a" else 1) and sum(bool(r[2].get("repeated")) for r in wins) == len(wins) - 1
+    for r in wins:
+        assert {k: v for k, v in r[2].items() if k != "repeated"} == first, results
+    winner = first["claimedBy"]
+    assert first["inheritedFiles"] == ["src/db/*.sql"]
     claimed = _wait_for(lambda: (_entry(ca, "victim") or {}).get("claimedBy") == winner
                         and (_entry(cb, "victim") or {}).get("claimedBy") == winner, 10)
     assert claimed
+    # the winning take repeated later on either host: its first answer, not already_claimed
+    for client in (ca, cb):
+        again = client.call("salvage.claim", agentId="victim", claimedBy=winner, requestId=rid)
+        assert again["repeated"] and {k: v for k, v in again.items() if k != "repeated"} == first
+        with pytest.raises(OpError) as other:  # the same id with other arguments is refused, as in local mode
+            client.call("salvage.claim", agentId="victim", claimedBy="someone-else", requestId=rid)
+        assert other.value.code == "conflict"
+        with pytest.raises(OpError) as other:  # or for another take
+            client.call("tuple.in", pattern=["x"], requestId=rid)
+        assert other.value.code == "conflict"
+    assert "claim" not in _entry(cb, "victim")  # the take record is not shown
 
 
 def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats_server, daemon_factory, team_key):

@@ -63,6 +63,18 @@ def team_unavailable(why: str) -> OpError:
                                        "team operations fail until it is back (pd team status)")
 
 
+STREAM_FULL = 10077  # JetStream: a stream with discard NEW is at its limit ("maximum bytes exceeded")
+
+
+def stream_full(err: BaseException) -> bool:
+    """True when a publish was refused because the stream is at its byte cap (discard NEW)."""
+    return isinstance(err, nats.js.errors.APIError) and err.err_code == STREAM_FULL
+
+
+def team_full(what: str, setting: str, limit: int, more: str) -> OpError:
+    return OpError("team_full", f"the team's {what} stream is full ({setting} = {limit} bytes): {more}")
+
+
 def host_id(config: Config) -> str:
     """This host's id in the team: the setting, else one made from the hostname once and kept in the home."""
     if config.team_host_id:

@@ -16,6 +16,9 @@ import pytest
 from pdcore.errors import OpError
 from tests.team.conftest import team_settings, wait_team_ready
 
+NOTES_CAP = 16 * 1024  # team_notes_max_bytes of the notes test
+INBOX_CAP = 4096  # team_inbox_max_bytes of the inbox test
+
 
 def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
@@ -155,6 +158,22 @@ def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats
         proc.kill()
 
 
+def _stream_state(url: str, stream: str) -> dict:
+    """messages, bytes and messages per subject of a stream, as the server holds it now."""
+    import nats
+
+    async def read() -> dict:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream, subjects_filter=">")
+            return {"messages": info.state.messages, "bytes": info.state.bytes,
+                    "subjects": dict(info.state.subjects or {})}
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
 def _stream_bytes(url: str, stream: str) -> bytes:
     import nats
 
@@ -187,7 +206,8 @@ def _session_with_notes(client, sid: str, notes: int) -> dict | None:
 
 def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plaintext(nats_server, daemon_factory,
                                                                                    team_key):
-    settings = _pair(nats_server, "notes", team_key)
+    # a small notes stream, and ended sessions forgotten after 3 s: the caps are checked at the end
+    settings = _pair(nats_server, "notes", team_key, team_notes_max_bytes=NOTES_CAP, agent_dead_retention_ms=3000)
     a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
     wait_team_ready(a), wait_team_ready(b)
     ca, cb = a.client(), b.client()
@@ -216,6 +236,43 @@ def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plainte
     verified = cb.call("note.verify", sessionId=sid)
     assert verified["ok"] and verified["checked"] == 6
     assert b"swordfish-final" not in _stream_bytes(nats_server.url, "pd-notes-notes")
+    # The notes stream is capped in bytes and refuses new notes when full (team_full) rather than
+    # drop old ones: the chains other hosts verify stay whole.
+    filler = ca.call("sugar.begin", purpose="fill", identity="blog:fill", agentId="filler")["sessionId"]
+    written, refused = 0, None
+    for _ in range(40):
+        try:
+            ca.call("note.add", id=filler, content="x" * 1000)
+            written += 1
+        except OpError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.code == "team_full", refused
+    assert written >= 3
+    state = _stream_state(nats_server.url, "pd-notes-notes")
+    assert state["bytes"] <= NOTES_CAP
+    with pytest.raises(OpError) as again:  # refused before it is written, while this host's notes wait
+        ca.call("note.add", id=filler, content="one more")
+    assert again.value.code == "team_full"
+    got = _wait_for(lambda: _session_with_notes(cb, filler, written), 10)
+    assert got is not None and cb.call("note.verify", sessionId=filler)["ok"]
+    # The ended session's record expires (agent_dead_retention_ms): its notes leave the stream, which
+    # makes room; the note kept back reaches the team and new notes are taken again.
+    assert _wait_for(lambda: f"pd.notes.notes.{sid}" not in _stream_state(nats_server.url, "pd-notes-notes")
+                     ["subjects"], 15), _stream_state(nats_server.url, "pd-notes-notes")["subjects"]
+
+    def added() -> dict | None:
+        try:
+            return ca.call("note.add", id=filler, content="after the purge")
+        except OpError as exc:
+            assert exc.code == "team_full"
+            return None
+
+    assert _wait_for(added, 10, step=0.2)
+    got = _wait_for(lambda: _session_with_notes(cb, filler, written + 2), 10)
+    assert got is not None and got["notes"][-1]["content"] == "after the purge"
+    verified = cb.call("note.verify", sessionId=filler)
+    assert verified["ok"] and verified["checked"] == written + 2
 
 
 def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(nats_server, daemon_factory,
@@ -252,7 +309,8 @@ def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(
 
 
 def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_factory, team_key):
-    settings = _pair(nats_server, "inbox", team_key)
+    # the inbox stream is bounded like the local inbox (3 per agent here) and in bytes
+    settings = _pair(nats_server, "inbox", team_key, inbox_max_per_agent=3, team_inbox_max_bytes=INBOX_CAP)
     a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
     wait_team_ready(a), wait_team_ready(b)
     ca, cb = a.client(), b.client()
@@ -262,17 +320,29 @@ def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_fact
     assert sent["host"] == "host-b" and sent["seq"] > 0
     got = _wait_for(lambda: cb.call("inbox.list", id="bob")["messages"], 10)
     assert [(m["content"], m["from"]) for m in got] == [("hello from A", "alice")]
-    # B away: the message waits in the stream and arrives when B is back
+    # once B stored it, B purges it: the stream keeps undelivered messages only
+    assert _wait_for(lambda: _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 0, 10)
+    # B away: messages wait in the stream (the newest 3 for bob, as bob's inbox keeps them) ...
     os.killpg(b.proc.pid, signal.SIGKILL)
     b.proc.wait(10)
-    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    for i in range(5):
+        ca.call("inbox.send", id="bob", content={"while": "away", "n": i}, **{"from": "alice"})
+    assert _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 3
+    # ... and a send that would pass the byte cap is refused, nothing dropped for it
+    with pytest.raises(OpError) as full:
+        ca.call("inbox.send", id="bob", content="y" * INBOX_CAP, **{"from": "alice"})
+    assert full.value.code == "team_full"
+    state = _stream_state(nats_server.url, "pd-inbox-inbox")
+    assert state["messages"] == 3 and state["bytes"] <= INBOX_CAP
+    # they arrive when B is back
     b.start()
     wait_team_ready(b)
     cb = b.client()
-    got = _wait_for(lambda: len(cb.call("inbox.list", id="bob")["messages"]) == 2, 15)
+    got = _wait_for(lambda: [m["content"] for m in cb.call("inbox.list", id="bob")["messages"]]
+                    == [{"while": "away", "n": n} for n in (4, 3, 2)], 15)
     assert got, [(m["id"], m["content"]) for m in cb.call("inbox.list", id="bob")["messages"]]
-    assert cb.call("inbox.list", id="bob")["messages"][0]["content"] == {"while": "away"}
     assert ca.call("inbox.list", id="bob")["messages"] == []  # not a copy on the sender's host
+    assert _wait_for(lambda: _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 0, 10)
 
 
 def test_find_team_lists_host_and_port_of_each_identity(nats_server, daemon_factory, team_key):

@@ -37,9 +37,6 @@ class TakeIndex:
         self.config = config
         self.records: OrderedDict[str, tuple[str, str, Any, int]] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def put(self, request_id: str, action: str, fp: str, answer: Any, until: int) -> tuple[str, str, Any, int]:
         """Index a record seen in a take's write; the first one kept under an id stays (the first answer)."""
         record = self.records.get(request_id)

@@ -72,11 +72,12 @@ def test_an_agent_dead_on_a_reaches_salvage_on_b_and_exactly_one_claimer_wins(na
         assert dead
     finally:
         proc.kill()
-    # both hosts claim at once: exactly one claimer wins across the team. heir-a's claim is sent to
-    # both hosts with one requestId (a repeat on another host while the first try is in flight):
-    # it is one take, so both calls get its one answer, or both already_claimed.
+    # both hosts claim at once: exactly one claimer wins across the team. heir-a's claim is sent
+    # twice to A and once to B with one requestId (repeats while the first try is in flight, on
+    # the same host and on another): it is one take, so all get its one answer, or already_claimed.
+    calls = ((a, "heir-a", "rid-a"), (b, "heir-b", "rid-b"), (b, "heir-a", "rid-a"), (a, "heir-a", "rid-a"))
     results: list = []
-    barrier = threading.Barrier(3)
+    barrier = threading.Barrier(len(calls))
 
     def claim(daemon, who: str, rid: str) -> None:
         client = daemon.client()
@@ -86,17 +87,16 @@ def test_an_agent_dead_on_a_reaches_salvage_on_b_and_exactly_one_claimer_wins(na
         except OpError as exc:
             results.append(("err", rid, exc.code))
 
-    calls = ((a, "heir-a", "rid-a"), (b, "heir-b", "rid-b"), (b, "heir-a", "rid-a"))
     threads = [threading.Thread(target=claim, args=call) for call in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     wins = [r for r in results if r[0] == "ok"]
-    assert len(results) == 3 and {r[1] for r in wins} in ({"rid-a"}, {"rid-b"}), results
+    assert len(results) == len(calls) and {r[1] for r in wins} in ({"rid-a"}, {"rid-b"}), results
     assert all(r[2] == "already_claimed" for r in results if r[0] == "err"), results
     rid, first = wins[0][1], next(r[2] for r in wins if not r[2].get("repeated"))
-    assert len(wins) == (2 if rid == "rid-a" else 1) and sum(bool(r[2].get("repeated")) for r in wins) == len(wins) - 1
+    assert len(wins) == (3 if rid == "rid-a" else 1) and sum(bool(r[2].get("repeated")) for r in wins) == len(wins) - 1
     for r in wins:
         assert {k: v for k, v in r[2].items() if k != "repeated"} == first, results
     winner = first["claimedBy"]

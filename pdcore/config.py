@@ -181,6 +181,8 @@ class Config:
     team_heartbeat_ms: int = 2000  # how often this host writes its heartbeat into the hosts bucket
     team_host_timeout_ms: int = 15_000  # a host whose heartbeat is older than this is no longer seen
     team_bound_lock_ttl_ms: int = 30_000  # server TTL of a connection-bound team lock, refreshed while bound
+    team_notes_max_bytes: int = 256 * 1024 * 1024  # the team's notes stream; when full new notes are refused (team_full), none is dropped
+    team_inbox_max_bytes: int = 64 * 1024 * 1024  # direct messages to other hosts not yet delivered; when full a send is refused (team_full)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -242,7 +244,7 @@ _POSITIVE = frozenset({
     "up_health_timeout_ms", "restart_backoff_max_s", "take_record_ttl_ms", "take_records_max",
     "park_max_per_connection", "park_max",
     "team_connect_timeout_ms", "team_op_timeout_ms", "team_reconnect_wait_ms", "team_heartbeat_ms",
-    "team_host_timeout_ms", "team_bound_lock_ttl_ms",
+    "team_host_timeout_ms", "team_bound_lock_ttl_ms", "team_notes_max_bytes", "team_inbox_max_bytes",
 })
 _CHOICES: dict[str, tuple[str, ...]] = {"db_synchronous": ("OFF", "NORMAL", "FULL", "EXTRA")}
 # Pairs whose first value must stay below the second (`<`) or not above it (`<=`).

@@ -38,6 +38,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal": 500,
     "unavailable": 503,
     "team_unavailable": 503,  # team mode: NATS/JetStream did not acknowledge in team_op_timeout_ms (docs/team.md)
+    "team_full": 429,  # team mode: a team stream is at its byte cap (team_notes_max_bytes, team_inbox_max_bytes)
     # issue 3: agents, sessions, notes, salvage
     "session_active": 409,  # the agent already has an active session (use force, or end it)
     "session_ended": 409,  # the session is completed or abandoned: no more notes, claims or phases

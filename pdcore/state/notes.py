@@ -67,6 +67,9 @@ class Notes(Primitive):
                           "bytes (split it, or raise note_max_bytes)", field)
         if type not in NOTE_TYPES:
             raise OpError("invalid_argument", f"type must be one of: {', '.join(NOTE_TYPES)}", "type")
+        team = self.root.agents.team
+        if team is not None:  # the team's notes stream is full: team_full before anything is written
+            team.require_room_for_notes()
 
     def apply_add(self, ctx: Ctx, session: Any, content: str, type: str = "note",
                   agent_id: str | None = None) -> dict:

@@ -191,11 +191,11 @@ class Salvage(Primitive):
             raise OpError("missing_field", "claimedBy (or newAgentId: the agent taking over the work) is required",
                           "claimedBy")
         asked = {"agentId": agentId, "claimedBy": claimer, "sessionId": sessionId}
+        if self.team is not None:  # the take record travels in the team's entry (pdcore/team/salvage.py)
+            return self.team.claim(ctx, agentId, claimer, sessionId, requestId, asked)
         repeat = self.root.take_records.recall(requestId, "salvage.claim", asked)
         if repeat is not None:
             return repeat
-        if self.team is not None:
-            return self.team.claim(ctx, agentId, claimer, sessionId)
         pending = self._entries_of(agentId, "pending", sessionId)
         if not pending:
             claimed = self._entries_of(agentId, "claimed", sessionId)

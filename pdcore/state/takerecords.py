@@ -32,6 +32,12 @@ def fingerprint(args: dict) -> str:
     return json.dumps(args, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def reused(request_id: str, action: str) -> OpError:
+    """The refusal of a requestId used again for another action or other arguments."""
+    return OpError("conflict", f"requestId {request_id!r} was used for another take ({action} with other "
+                               "arguments); use a new id for each take", "requestId")
+
+
 class TakeRecords(Primitive):
     name = "take_records"
     load_order = 40
@@ -63,8 +69,7 @@ class TakeRecords(Primitive):
         if key is None:
             return None
         if key[0] != action or key[1] != fingerprint(args):
-            raise OpError("conflict", f"requestId {request_id!r} was used for another take ({key[0]} with other "
-                                      "arguments); use a new id for each take", "requestId")
+            raise reused(request_id, key[0])
         row = self.store.read_one("SELECT result FROM take_records WHERE request_id = ?", (request_id,))
         if row is None:  # not possible while keys mirror the table; answer as a first take would
             del self.keys[request_id]

@@ -1,26 +1,37 @@
 """Direct messages to the agents of other hosts, through the space's `inbox` stream.
 
 A message for an agent that lives on another host (the agents bucket says which) is appended to
-`pd.<space>.inbox.<host id>`; the sender's call answers once JetStream stored it. Each host
-pulls its own subject through a durable consumer, so what arrives while it is away waits in the
-stream: it stores each message in its local inbox, then acknowledges it.
+`pd.<space>.inbox.<host id>.<agent id, base64url>`; the sender's call answers once JetStream
+stored it. Each host pulls its own subjects through a durable consumer, so what arrives while it
+is away waits in the stream: it stores each message in its local inbox, commits, acknowledges
+it, and then purges what its consumer has acknowledged, so the stream holds undelivered messages
+only. The stream is bounded like the local inbox (pdcore/team/space.py): `inbox_max_per_agent`
+per agent (oldest first), and `team_inbox_max_bytes` in all, past which a send is refused
+(`team_full`) rather than an undelivered message dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.js import api
 
 from pdcore.state.base import Await, Ctx
-from pdcore.team.link import TeamLink
+from pdcore.team.link import TeamLink, stream_full, team_full
 from pdcore.team.space import INBOX, stream_name
 
 log = logging.getLogger("pd.team")
+
+
+def agent_token(agent_id: str) -> str:
+    """An agent id as one subject token (ids may hold `.`, `*`, `>`): base64url, no padding."""
+    return base64.urlsafe_b64encode(agent_id.encode()).decode().rstrip("=")
 
 
 class TeamInbox:
@@ -31,6 +42,7 @@ class TeamInbox:
         self.root = inbox.root
         self.link = link
         self.consuming = False
+        self.unpurged = 0  # the last stream sequence this host acknowledged and has not purged yet (0: none)
         link.on_ready.append(self._ready)
 
     def host_of(self, agent_id: str) -> str | None:
@@ -46,8 +58,15 @@ class TeamInbox:
                 "createdAt": ctx.now, "fromHost": self.link.host_id}
 
         async def append() -> int:
-            ack = await self.link.js.publish(self.link.subject(INBOX.short, host),
-                                             json.dumps(body, separators=(",", ":")).encode())
+            try:
+                ack = await self.link.js.publish(self.link.subject(INBOX.short, host, agent_token(agent_id)),
+                                                 json.dumps(body, separators=(",", ":")).encode())
+            except nats.js.errors.APIError as err:
+                if stream_full(err):
+                    raise team_full("inbox", "team_inbox_max_bytes", self.link.config.team_inbox_max_bytes,
+                                    "too many messages wait for hosts that are away; nothing was sent, send "
+                                    "again once they took theirs") from None
+                raise
             return ack.seq
 
         def then(seq: int) -> dict:
@@ -63,8 +82,10 @@ class TeamInbox:
             self.link.run_forever(self._consume)
 
     async def _consume(self) -> None:
-        """Pull this host's subject through a durable consumer: messages that came while it was away arrive now."""
+        """Pull this host's subjects through a durable consumer: messages that came while it was away arrive now."""
         host = self.link.host_id
+        stream = stream_name(self.link.space, INBOX.short)
+        durable = f"inbox-{host}"
         pause = self.link.config.team_reconnect_wait_ms / 1000
         pull: Any = None
         while True:
@@ -74,24 +95,43 @@ class TeamInbox:
                     await asyncio.sleep(pause)
                     continue
                 if pull is None:
-                    # a delivery lost with a dead connection comes again after ack_wait
-                    pull = await self.link.js.pull_subscribe(
-                        self.link.subject(INBOX.short, host), durable=f"inbox-{host}",
-                        stream=stream_name(self.link.space, INBOX.short),
-                        config=api.ConsumerConfig(ack_wait=self.link.config.team_op_timeout_ms / 1000))
+                    # created, or updated when an older one follows other subjects; a delivery lost with a
+                    # dead connection comes again after ack_wait
+                    await self.link.js.add_consumer(stream, config=api.ConsumerConfig(
+                        name=durable, durable_name=durable, filter_subject=self.link.subject(INBOX.short, host, ">"),
+                        ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.link.config.team_op_timeout_ms / 1000))
+                    pull = await self.link.js.pull_subscribe_bind(durable=durable, stream=stream)
                 try:
                     messages = await pull.fetch(64, timeout=1)
                 except nats.errors.TimeoutError:
+                    if self.unpurged:
+                        await self._purge(stream, durable)
                     continue
                 for msg in messages:
                     self._arrived(msg.data, msg.metadata.sequence.stream)
+                self.link.after_change()
+                await asyncio.sleep(0)  # the core's end of tick runs first: the local inbox has them on disk
+                for msg in messages:
                     await msg.ack()
+                    self.unpurged = max(self.unpurged, msg.metadata.sequence.stream)
+                await self._purge(stream, durable)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - an outage: open the consumer again once the link is back
                 log.warning("event=team.inbox_consumer error=%s", f"{type(exc).__name__}: {exc}")
                 pull = None
                 await asyncio.sleep(pause)
+
+    async def _purge(self, stream: str, durable: str) -> None:
+        """Drop from the stream this host's messages its consumer has acknowledged (all below its ack floor):
+        a message fetched by a daemon killed before it acknowledged stays, and comes again."""
+        info = await self.link.js.consumer_info(stream, durable)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        if floor:
+            await self.link.js.purge_stream(stream, subject=self.link.subject(INBOX.short, self.link.host_id, ">"),
+                                            seq=floor + 1)
+        if floor >= self.unpurged:
+            self.unpurged = 0
 
     def _arrived(self, data: bytes, seq: int) -> None:
         """Store one message in the local inbox (then the caller acknowledges it)."""
@@ -102,4 +142,3 @@ class TeamInbox:
                                body.get("type", "message"))
         except (ValueError, KeyError, TypeError):
             log.warning("event=team.bad_inbox_message seq=%s", seq)
-        self.link.after_change()

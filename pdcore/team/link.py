@@ -47,6 +47,7 @@ from pdcore.config import Config
 from pdcore.errors import OpError
 from pdcore.state.base import Await
 from pdcore.team.space import BUCKETS, HOSTS, STREAMS, bucket_name, open_space, stream_name
+from pdcore.team.takes import TakeIndex
 
 OnOpen = Callable[[int], int]  # (the stream's last sequence now) -> the sequence to follow from (1: all)
 OnMessage = Callable[[int, str, bytes, dict], None]  # (sequence, subject, data, headers)
@@ -60,6 +61,18 @@ KV_OPERATION = "KV-Operation"
 def team_unavailable(why: str) -> OpError:
     return OpError("team_unavailable", f"the team's NATS server is not reachable or did not acknowledge ({why}); "
                                        "team operations fail until it is back (pd team status)")
+
+
+STREAM_FULL = 10077  # JetStream: a stream with discard NEW is at its limit ("maximum bytes exceeded")
+
+
+def stream_full(err: BaseException) -> bool:
+    """True when a publish was refused because the stream is at its byte cap (discard NEW)."""
+    return isinstance(err, nats.js.errors.APIError) and err.err_code == STREAM_FULL
+
+
+def team_full(what: str, setting: str, limit: int, more: str) -> OpError:
+    return OpError("team_full", f"the team's {what} stream is full ({setting} = {limit} bytes): {more}")
 
 
 def host_id(config: Config) -> str:
@@ -168,6 +181,7 @@ class TeamLink:
         self.watchers: dict[str, Callable[[str, int, bytes | None], None]] = {}  # short name -> on_change
         self.followers: dict[str, Follower] = {}  # short stream name -> its mirror's callbacks
         self.hosts: dict[str, dict] = {}  # host id -> its last heartbeat record
+        self.takes = TakeIndex(config)  # take records read off the takes' writes (tuples, salvage)
         self.last_error: str | None = None
         self.last_error_at: int | None = None
         self.connected_at: int | None = None

@@ -35,7 +35,7 @@ from pdcore.errors import OpError
 from pdcore.state.base import Await
 from pdcore.state.trie import matches
 from pdcore.team.keyfile import read_key_file
-from pdcore.team.link import TeamLink, team_unavailable, ttl_seconds
+from pdcore.team.link import TeamLink, stream_full, team_full, team_unavailable, ttl_seconds
 from pdcore.team.locks import lock_kv_key, lock_name
 from pdcore.team.space import AGENTS, NOTES, SERVICES, SESSIONS, bucket_name, stream_name
 
@@ -73,6 +73,7 @@ class TeamMembers:
         self.dirty_salvage: set[int] = set()  # local salvage rows to publish (create-if-absent)
         self.beats: set[str] = set()  # agents that beat since the last batch
         self.note_heads: dict[str, tuple[int, str, int]] = {}  # session -> (notes shared, head link, last seq)
+        self.unshared: set[str] = set()  # sessions whose notes met the full notes stream and wait for room
         self.declaring: set[str] = set()  # hosts whose agents this host is declaring dead right now
         self._lock = asyncio.Lock()  # flushes go out one after another, in order
         self.notes_stream = stream_name(link.space, NOTES.short)
@@ -100,7 +101,11 @@ class TeamMembers:
 
     def _session_changed(self, key: str, revision: int, value: bytes | None) -> None:
         if value is None:
+            # only an ended session's record has a TTL: gone, its notes leave the team's stream too
+            # (every host that sees it purges; the same purge twice is harmless)
             self.sessions.pop(key, None)
+            if self.link.available:
+                self.link.spawn(self._purge_notes, key)
             return
         try:
             self.sessions[key] = (revision, json.loads(value))
@@ -121,6 +126,16 @@ class TeamMembers:
         """Refuse a team op before it changes anything while NATS is away."""
         if not self.link.available:
             raise team_unavailable(self.link.last_error or "not connected")
+
+    def require_room_for_notes(self) -> None:
+        """Refuse a new note before it is written while notes of this host wait for room in the full notes stream."""
+        if self.unshared:
+            raise self._notes_full()
+
+    def _notes_full(self) -> OpError:
+        return team_full("notes", "team_notes_max_bytes", self.config.team_notes_max_bytes,
+                         "this host keeps the notes it wrote (its chains are whole here) and shares them once notes "
+                         "of ended sessions have expired (agent_dead_retention_ms); new notes are refused until then")
 
     def agent_changed(self, agent_id: str) -> None:
         self.dirty_agents.add(agent_id)
@@ -150,20 +165,30 @@ class TeamMembers:
         """The op's answer once JetStream holds what it changed (an Await), or the result when nothing is due."""
         if not self._pending():
             return result
-        return self.link.call(self._flush, self._take(), then=lambda _: result)
+        return self.link.call(self._flush, self._take(), True, then=lambda _: result)
 
     def kick(self) -> None:
         """Publish what is dirty now, nobody waiting (the reaper, heartbeats)."""
         if self._pending() and self.link.available:
-            self.link.spawn(self._flush, self._take())
+            self.link.spawn(self._flush, self._take(), False)
 
     # -- publishing -------------------------------------------------------------------------------
-    async def _flush(self, batch: tuple[set, set, set, set]) -> None:
+    async def _flush(self, batch: tuple[set, set, set, set], waited: bool) -> None:
+        """Publish a batch of dirty records. A full notes stream holds back only the notes (they stay dirty);
+        an op that waits (`waited`) is answered team_full when a note it added is one of them."""
         agents, sessions, notes, salvage = batch
+        held_back: set[str] = set()
         async with self._lock:
             try:
+                fresh = notes - self.unshared  # notes not met by the full stream before this flush
                 for sid in sorted(notes):  # before the session records, which carry the notes' head
-                    await self._sync_notes(sid)
+                    try:
+                        await self._sync_notes(sid)
+                    except nats.js.errors.APIError as err:
+                        if not stream_full(err):
+                            raise
+                        held_back.add(sid)
+                self._held_back(notes, held_back)
                 for agent_id in sorted(agents):
                     await self._put_agent(agent_id)
                 for sid in sorted(sessions):
@@ -176,6 +201,17 @@ class TeamMembers:
                 self.dirty_notes |= notes
                 self.dirty_salvage |= salvage
                 raise
+        if waited and held_back & fresh:
+            raise self._notes_full()
+
+    def _held_back(self, tried: set[str], held_back: set[str]) -> None:
+        """Sessions whose notes the full notes stream refused stay dirty (retried every tick) and block new notes."""
+        was = bool(self.unshared)
+        self.unshared = (self.unshared - tried) | held_back
+        self.dirty_notes |= held_back
+        if bool(self.unshared) != was:
+            log.warning("event=team.notes_stream_full full=%s sessions=%d limit=%d", bool(self.unshared),
+                        len(self.unshared), self.config.team_notes_max_bytes)
 
     def agent_record(self, agent: Any) -> dict:
         now = _clock()
@@ -228,6 +264,9 @@ class TeamMembers:
         compare-and-set on the subject's last sequence (so a repeat after a lost ack adds nothing)."""
         if self.cipher is None:
             return
+        ended = self.root.store.read_one("SELECT ended_at FROM sessions WHERE id=?", (sid,))
+        if ended is not None and ended[0] is not None and ended[0] <= _clock() - self.config.agent_dead_retention_ms:
+            return  # its record has expired and its notes left the team: nothing to share any more
         subject = self.link.subject(NOTES.short, sid)
         notes = self.root.notes
         for _ in range(8):
@@ -256,6 +295,26 @@ class TeamMembers:
                 if err.err_code not in _WRONG_LAST:
                     raise
                 self.note_heads.pop(sid, None)  # the team holds more than we thought: read its head again
+
+    async def _purge_notes(self, sid: str) -> None:
+        """Drop an ended session's notes from the team's stream (its record expired: agent_dead_retention_ms)."""
+        if self.root.sessions.active.get(sid) is None:
+            await self.link.js.purge_stream(self.notes_stream, subject=self.link.subject(NOTES.short, sid))
+            self.note_heads.pop(sid, None)
+
+    async def _sweep_notes(self) -> None:
+        """At each (re)connect: purge the notes of this host's sessions that ended more than
+        agent_dead_retention_ms ago (their record's expiry may have passed while no host watched)."""
+        if self.cipher is None:
+            return
+        prefix = self.link.subject(NOTES.short, "")
+        info = await self.link.js.stream_info(self.notes_stream, subjects_filter=prefix + ">")
+        cutoff = _clock() - self.config.agent_dead_retention_ms
+        for subject in info.state.subjects or {}:
+            sid = subject[len(prefix):]
+            row = self.root.store.read_one("SELECT status, ended_at FROM sessions WHERE id=?", (sid,))
+            if row is not None and row[0] != "active" and row[1] is not None and row[1] <= cutoff:
+                await self._purge_notes(sid)
 
     # -- reading the team's notes -----------------------------------------------------------------
     async def read_notes(self, sid: str, limit: int) -> list[dict]:
@@ -393,10 +452,13 @@ class TeamMembers:
             return
         revision, record = seen
         ended = {**record, "status": status, "phase": "abandoned", "endedAt": _clock(), "files": []}
-        try:
-            await self.link.buckets[SESSIONS.short].update(sid, _dump(ended), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
+        try:  # compare-and-set, with the TTL of an ended session's record (then its notes leave too)
+            await self.link.js.publish(f"$KV.{bucket_name(self.link.space, SESSIONS.short)}.{sid}", _dump(ended),
+                                       msg_ttl=ttl_seconds(self.config.agent_dead_retention_ms),
+                                       headers={"Nats-Expected-Last-Subject-Sequence": str(revision)})
+        except nats.js.errors.APIError as err:
+            if err.err_code not in _WRONG_LAST:
+                raise
         await self.root.sessions.team_claims.drop_session(record.get("project"), sid)
 
     # -- after a (re)connect ---------------------------------------------------------------------
@@ -413,6 +475,7 @@ class TeamMembers:
         for row_id, in self.root.store.read("SELECT id FROM salvage WHERE status='pending'"):
             self.dirty_salvage.add(row_id)
         self.kick()
+        self.link.spawn(self._sweep_notes)
 
     # -- services (pd find --team) ---------------------------------------------------------------
     async def _put_services(self, record: dict) -> None:

@@ -4,6 +4,16 @@ An entry is created once (create-if-absent, keyed by the session id: the host wh
 the agent die, or the one host that declared a vanished host's agents dead). Every step after
 that (claim, complete, abandon, dismiss) is a compare-and-set on the entry's revision, so of two
 hosts claiming the same entry at once exactly one wins. Lists answer from the watch's copy.
+
+A claim with a `requestId` writes its take record into the entry in that same compare-and-set
+(`claim`: the id, a fingerprint of the arguments, the answer's fields, until when it answers).
+Every host's watch indexes it (link.takes, shared with the tuple takes), so a repeat with the id
+gets the first answer on any host whose copy has the claim. A host whose copy is older sends its
+compare-and-set on an older revision: it fails, the host reads the entry back, finds its own
+requestId there and answers the repeat, so neither a reply lost on the way back nor a stale copy
+makes a repeat claim again or answer already_claimed. A repeat on the host that made the claim
+also finishes the claim's local side (the claimer's session and its inherited files) when the
+first try ended before it (its caller gone, the core killed).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import nats.js.errors
 
 from pdcore.errors import OpError
 from pdcore.state.base import Await, Ctx
+from pdcore.state.takerecords import fingerprint
 from pdcore.team.link import TeamLink, team_unavailable
 from pdcore.team.space import SALVAGE
 
@@ -25,12 +36,28 @@ def _dump(value: dict) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _public(entry: dict) -> dict:
+    """An entry as callers see it: without the take record of its last claim."""
+    return {k: v for k, v in entry.items() if k != "claim"}
+
+
+def _answer(entry: dict) -> dict:
+    """The answer of the claim recorded in `entry` (as its first try gave it), from any later state of the entry."""
+    c = entry["claim"]
+    won = {**_public(entry), "status": "claimed", "claimedBy": c["claimedBy"], "claimedAt": c["claimedAt"],
+           "claimedSessionId": c["sessionId"], "updatedAt": c["claimedAt"], "endedAt": None, "claimedOn": c["host"]}
+    return {"agentId": entry["agentId"], "claimedBy": c["claimedBy"], "sessionId": c["sessionId"],
+            "sessionCreated": c["sessionCreated"], "inheritedFiles": c["inheritedFiles"],
+            "conflicts": c["conflicts"], "entry": won}
+
+
 class TeamSalvage:
     """The team side of pdcore.state.salvage.Salvage: the same operations, on the bucket."""
 
     def __init__(self, salvage: Any, link: TeamLink) -> None:
         self.salvage = salvage
         self.root = salvage.root
+        self.config = salvage.config
         self.link = link
         self.entries: dict[str, tuple[int, dict]] = {}  # session id -> (revision, entry), from the watch
         link.watch(SALVAGE.short, self._changed)
@@ -40,10 +67,19 @@ class TeamSalvage:
             self.entries.pop(key, None)
             return
         try:
-            self.entries[key] = (revision, json.loads(value))
-        except ValueError:
+            entry = json.loads(value)
+            self.entries[key] = (revision, entry)
+            self._index(entry)
+        except (ValueError, KeyError, TypeError, AttributeError):
             self.entries.pop(key, None)
         self.root.wake(("salvage", key))
+
+    def _index(self, entry: dict) -> None:
+        """Index the take record of the entry's last claim (every host does, from its watch)."""
+        claim = entry.get("claim")
+        if isinstance(claim, dict) and claim.get("requestId"):
+            self.link.takes.put(claim["requestId"], "salvage.claim", claim.get("fp", ""), _answer(entry),
+                                int(claim.get("until") or 0))
 
     # -- entering the queue (from a flush, or a host declaring another's agents dead) -------------
     async def _create(self, entry: dict) -> None:
@@ -80,7 +116,7 @@ class TeamSalvage:
         return found
 
     def _view(self, entry: dict) -> dict:
-        out = dict(entry)
+        out = _public(entry)
         session = self.root.sessions.find(entry["sessionId"])
         out["notes"] = self.root.notes.recent(entry["sessionId"], self.root.config.salvage_note_count) \
             if session is not None else []
@@ -116,8 +152,26 @@ class TeamSalvage:
             return False
         return True
 
-    def claim(self, ctx: Ctx, agent_id: str, claimer: str, session_id: str | None) -> Await:
-        """Exactly one claimer across the team wins; the winner's session here inherits the files."""
+    async def _read(self, sid: str) -> dict | None:
+        """The entry as the bucket holds it now (not the watch's copy)."""
+        try:
+            got = await self.link.buckets[SALVAGE.short].get(sid)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            return json.loads(got.value) if got.value else None
+        except ValueError:
+            return None
+
+    def claim(self, ctx: Ctx, agent_id: str, claimer: str, session_id: str | None, request_id: str | None = None,
+              asked: dict | None = None) -> Any:
+        """Exactly one claimer across the team wins; the winner's session here inherits the files.
+
+        With `request_id`, a repeat gets the first answer (see the module doc)."""
+        asked = asked if asked is not None else {}
+        repeat = self.link.takes.recall(request_id, "salvage.claim", asked, ctx.now)
+        if repeat is not None:
+            return self._repeated(ctx, repeat)
         self._require()
         sessions = self.root.sessions
         pending = self._found(agent_id, "pending", session_id)
@@ -133,30 +187,73 @@ class TeamSalvage:
         paths = [p for p in entry.get("files", []) if session is None or p not in session.files]
         sessions.check_claim(entry.get("project"), [], None, False, (len(session.files) if session else 0) + len(paths))
         new_sid = session.id if session is not None else sessions.new_id()
+        conflicts = sessions.conflicts_for(entry.get("project"), paths, session.id if session else None)
         won = {**entry, "status": "claimed", "claimedBy": claimer, "claimedAt": ctx.now,
                "claimedSessionId": new_sid, "updatedAt": ctx.now, "claimedOn": self.link.host_id}
+        if request_id is not None:  # the take record, written by the very compare-and-set that claims
+            won["claim"] = {"requestId": request_id, "fp": fingerprint(asked), "host": self.link.host_id,
+                            "claimedBy": claimer, "claimedAt": ctx.now, "sessionId": new_sid,
+                            "sessionCreated": session is None, "inheritedFiles": paths, "conflicts": conflicts,
+                            "until": ctx.now + self.config.take_record_ttl_ms}
 
         def then(ok: bool) -> Any:
             if not ok:
-                latest = self.entries.get(entry["sessionId"], (0, {}))[1]
-                raise OpError("already_claimed", f"the salvage of {agent_id} was claimed by "
-                              f"{latest.get('claimedBy') or 'another agent'} first", "agentId",
-                              claimedBy=latest.get("claimedBy"), claimedAt=latest.get("claimedAt"))
+                if request_id is None:
+                    raise self._claimed_first(agent_id, self.entries.get(entry["sessionId"], (0, {}))[1])
+                # a newer revision: maybe an earlier try of this very take (its answer lost, or not yet
+                # in this host's copy of the bucket). Read the entry back and look.
+                return self.link.call(self._read, entry["sessionId"], then=lost)
+            if request_id is not None:
+                self._index(won)  # a repeat here is recognised before the watch brings the entry back
             mine = sessions.active_for_agent(claimer)
             created = mine is None
             if mine is None:
                 mine = sessions.apply_start(ctx, claimer, entry.get("identity"),
                                             f"Salvage of {agent_id}: {entry.get('purpose')}", session_id=new_sid)
-            conflicts = sessions.conflicts_for(entry.get("project"), paths, mine.id)
             if paths:
                 sessions.apply_claim(ctx, mine, paths, None, False)
             self.root.activity.record(ctx, "salvage.claim", agent_id, actor=claimer, sessionId=mine.id)
             self._event(ctx, "salvage.claimed", won)
             result = {"agentId": agent_id, "claimedBy": claimer, "sessionId": mine.id, "sessionCreated": created,
-                      "inheritedFiles": paths, "conflicts": conflicts, "entry": won}
+                      "inheritedFiles": paths, "conflicts": conflicts, "entry": _public(won)}
             return self.root.agents.team.acked(result)
 
+        def lost(latest: dict | None) -> Any:
+            claim = (latest or {}).get("claim")
+            if isinstance(claim, dict) and claim.get("requestId") == request_id:
+                self._index(latest)  # type: ignore[arg-type]
+                repeat = self.link.takes.recall(request_id, "salvage.claim", asked, ctx.now)  # conflict: other args
+                if repeat is not None:
+                    return self._repeated(ctx, repeat)
+            raise self._claimed_first(agent_id, latest or {})
+
         return self.link.call(self._update, entry["sessionId"], revision, won, then=then)
+
+    def _claimed_first(self, agent_id: str, latest: dict) -> OpError:
+        return OpError("already_claimed", f"the salvage of {agent_id} was claimed by "
+                       f"{latest.get('claimedBy') or 'another agent'} first", "agentId",
+                       claimedBy=latest.get("claimedBy"), claimedAt=latest.get("claimedAt"))
+
+    def _repeated(self, ctx: Ctx, answer: dict) -> Any:
+        """The first answer of a claim again; on the host that made it, its local side finished if it was not."""
+        out = {**answer, "repeated": True}
+        entry = answer["entry"]
+        if entry.get("claimedOn") != self.link.host_id:
+            return out
+        sessions = self.root.sessions
+        claimer, sid = answer["claimedBy"], answer["sessionId"]
+        mine = sessions.active_for_agent(claimer)
+        if mine is None and sessions.find(sid) is None:  # the first try ended before its session was made
+            self._require()
+            mine = sessions.apply_start(ctx, claimer, entry.get("identity"),
+                                        f"Salvage of {answer['agentId']}: {entry.get('purpose')}", session_id=sid)
+        if mine is None or mine.id != sid:
+            return out  # its session ran and ended here, or the claimer moved on to another one
+        missing = [p for p in answer["inheritedFiles"] if p not in mine.files]
+        if missing:
+            self._require()
+            sessions.apply_claim(ctx, mine, missing, None, False)
+        return self.root.agents.team.acked(out)
 
     def _step(self, ctx: Ctx, agent_id: str, session_id: str | None, change: Any, answer: Any) -> Await:
         """Compare-and-set `change(entry)` on the newest open entry of the agent, retried when another host moved first."""
@@ -183,7 +280,7 @@ class TeamSalvage:
             if entry is None:
                 raise OpError("not_found", f"no salvage entry for agent {agent_id}; see pd salvage", "agentId")
             self._event(ctx, "salvage.completed", entry)
-            return {"agentId": agent_id, "status": "completed", "entry": entry}
+            return {"agentId": agent_id, "status": "completed", "entry": _public(entry)}
 
         return self._step(ctx, agent_id, session_id, change, answer)
 
@@ -205,7 +302,7 @@ class TeamSalvage:
                 released = self.root.sessions.drop_claims(session, list(entry.get("files", [])))
             self._event(ctx, "salvage.abandoned", entry)
             return self.root.agents.team.acked({"agentId": agent_id, "status": "pending", "abandoned": True,
-                                                "releasedFiles": released, "entry": entry})
+                                                "releasedFiles": released, "entry": _public(entry)})
 
         return self._step(ctx, agent_id, session_id, change, answer)
 

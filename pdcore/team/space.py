@@ -43,6 +43,22 @@ def _channel_limits(config: Config) -> dict[str, Any]:
             "max_bytes": config.channel_ring_total_bytes, "discard": api.DiscardPolicy.OLD}
 
 
+def _notes_limits(config: Config) -> dict[str, Any]:
+    """The notes stream is the team's copy of hash chains whose authority is each owner's SQLite: a byte cap
+    that refuses new notes when full (discard NEW), never one that drops old notes from under a chain.
+    Notes of ended sessions leave when their session record expires (pdcore/team/members.py)."""
+    return {"max_bytes": config.team_notes_max_bytes, "discard": api.DiscardPolicy.NEW}
+
+
+def _inbox_limits(config: Config) -> dict[str, Any]:
+    """The inbox stream holds messages until their host has stored them (then that host purges them):
+    per agent at most `inbox_max_per_agent` (oldest first, as the local inbox keeps them), none older
+    than `agent_dead_retention_ms` (a host away that long has its agents declared dead and forgotten),
+    and `team_inbox_max_bytes` in all, refusing new sends when full (discard NEW)."""
+    return {"max_msgs_per_subject": config.inbox_max_per_agent, "max_age": config.agent_dead_retention_ms / 1000,
+            "max_bytes": config.team_inbox_max_bytes, "discard": api.DiscardPolicy.NEW}
+
+
 HOSTS = BucketSpec("hosts", markers=False)  # host id -> its heartbeat; each key expires after the host timeout
 LOCKS = BucketSpec("locks")  # lock key -> its holder; the revision is the fence (pdcore/team/locks.py)
 # tuples: one subject per tuple, pd.<space>.tuples.<harbor>.<id>; a take replaces the tuple by its
@@ -56,8 +72,9 @@ SESSIONS = BucketSpec("sessions")  # session id -> the session, its file claims 
 CLAIMS = BucketSpec("claims")  # project (base64url) -> every file claim of the project; compare-and-set judges
 SALVAGE = BucketSpec("salvage")  # session id of a dead agent's session -> its salvage entry; CAS picks one claimer
 SERVICES = BucketSpec("services", markers=False)  # host id -> the services (identity, port) it serves
-NOTES = StreamSpec("notes")  # pd.<space>.notes.<session id>: sealed notes with the team key, hash-chained
-INBOX = StreamSpec("inbox")  # pd.<space>.inbox.<host id>: direct messages for the agents of that host
+NOTES = StreamSpec("notes", settings=_notes_limits)  # pd.<space>.notes.<session id>: sealed, hash-chained notes
+# pd.<space>.inbox.<host id>.<agent id, base64url>: direct messages for the agents of that host
+INBOX = StreamSpec("inbox", settings=_inbox_limits)
 
 BUCKETS: tuple[BucketSpec, ...] = (HOSTS, LOCKS, AGENTS, SESSIONS, CLAIMS, SALVAGE, SERVICES)
 STREAMS: tuple[StreamSpec, ...] = (TUPLES, CHANNELS, NOTES, INBOX)

@@ -10,7 +10,9 @@ its `requestId`, and lives `take_record_ttl_ms` on the server when it has one: t
 written in the very step that takes the tuple, so a repeat after a lost reply (on this host, after
 a kill -9 and restart, or on another host) is answered from it. A take that ended here without an
 answer marks its request id: its repeat first waits until the mirror holds all the stream holds,
-so a tombstone whose acknowledgement was lost is found rather than a second tuple taken.
+so a tombstone whose acknowledgement was lost is found rather than a second tuple taken. So does
+a take whose id is marked `<host id>:...` for another host (it was first sent there): its tombstone
+may be stored but not yet in this host's mirror. Unmarked ids (the SDK's) cost no extra round trip.
 
 Every host follows the stream with an ordered consumer into the local index of
 pdcore.state.tuples (the mirror): `rd`, `scan`, `count`, `poll` read it, tuples appear there when
@@ -37,6 +39,7 @@ from pdcore.state.tuplepattern import Pattern
 from pdcore.state.tuples import TupleRecord, out_keys, tuple_channel, wait_keys
 from pdcore.team.link import ParkedKeys, TeamLink, team_unavailable, ttl_seconds
 from pdcore.team.space import TUPLES, stream_name
+from pdcore.team.takes import first_host
 
 _WRONG_LAST = (10071, 10164)  # JetStream: "wrong last sequence" (another taker got there first)
 TOMBSTONE_TTL_S = 300  # server life of a tombstone without a requestId: long enough for every mirror to see it
@@ -62,8 +65,9 @@ class TeamTuples:
         self.claiming: set[int] = set()  # tuple ids a take of this host is trying right now
         self.inflight: set[str] = set()  # request ids of takes in flight on this host
         self.uncertain: OrderedDict[str, None] = OrderedDict()  # request ids whose take here ended unanswered
-        # requestId -> (fingerprint, taken tuples, expires at), from tombstones (every host's)
-        self.records: OrderedDict[str, tuple[str, list[dict], int]] = OrderedDict()
+        # marked request ids first sent to another host, for which the mirror caught up with the stream
+        self.checked: OrderedDict[str, None] = OrderedDict()
+        self.records = link.takes  # requestId -> the take's record, from tombstones (every host's)
         self.waited = ParkedKeys()  # keys calls of this host parked on (woken when the link goes down)
         link.follow(TUPLES.short, self._opened, self._message)
         link.on_down.append(self._link_down)
@@ -74,8 +78,7 @@ class TeamTuples:
         tuples = self.tuples
         for rec in list(tuples.by_id.values()):
             tuples._unindex(rec)
-        self.subjects.clear()
-        self.records.clear()
+        self.subjects.clear()  # (the take records stay: the tombstones come again and add nothing new)
         return 1
 
     def _message(self, seq: int, subject: str, data: bytes, headers: dict) -> None:
@@ -109,13 +112,10 @@ class TeamTuples:
         self.subjects.pop(rec.id, None)
 
     def _remember(self, request_id: str, fp: str, tuple_: dict, until: int) -> None:
-        record = self.records.get(request_id)
-        if record is None:
-            self.records[request_id] = (fp, [tuple_], until)
-        elif all(t.get("id") != tuple_.get("id") for t in record[1]):
-            record[1].append(tuple_)
-        while len(self.records) > self.config.take_records_max:
-            self.records.popitem(last=False)
+        """Index one tombstone's record: a take of several tuples writes one tombstone per tuple."""
+        record = self.records.put(request_id, "tuple.in", fp, [], until)
+        if record[0] == "tuple.in" and all(t.get("id") != tuple_.get("id") for t in record[2]):
+            record[2].append(tuple_)
 
     def _link_down(self) -> None:
         self.waited.wake_all(self.root)  # parked reads and takes retry now and fail with team_unavailable
@@ -170,6 +170,10 @@ class TeamTuples:
         repeat = self.recall(ctx, request_id, asked)
         if repeat is not None:
             return repeat
+        if request_id is not None and self._elsewhere(request_id):
+            # first sent to another host: its tombstone may be stored but not in this mirror yet
+            return self.link.call(self._catch_up, request_id, True, then=lambda _: self.take(
+                ctx, pattern, harbor, limit, wait_ms, actor, request_id, asked))
         self.require()
         found = self.tuples._find(ctx.now, harbor, pattern, limit + _SPARE, skip=self.claiming)
         if not found:
@@ -257,28 +261,38 @@ class TeamTuples:
         return won, lost, None
 
     def _uncertain(self, request_id: str) -> None:
-        self.uncertain[request_id] = None
-        while len(self.uncertain) > self.config.take_records_max:
-            self.uncertain.popitem(last=False)
+        self._mark(self.uncertain, request_id)
 
-    async def _catch_up(self, request_id: str) -> None:
-        """Wait until the mirror holds everything the stream holds now (tombstones of an earlier try too)."""
+    def _mark(self, marks: OrderedDict[str, None], request_id: str) -> None:
+        marks[request_id] = None
+        while len(marks) > self.config.take_records_max:
+            marks.popitem(last=False)
+
+    def _elsewhere(self, request_id: str) -> bool:
+        """A requestId marked `<host id>:...` for another host, not yet looked up after a catch-up here."""
+        if request_id in self.checked:
+            return False
+        host = first_host(request_id)
+        return host is not None and host != self.link.host_id
+
+    async def _catch_up(self, request_id: str, marked: bool = False) -> None:
+        """Wait until the mirror holds everything the stream holds now (tombstones of an earlier try too).
+
+        `marked`: the id names another host; once caught up, its later tries here look up the mirror only."""
         try:
             info = await self.link.js.stream_info(stream_name(self.link.space, TUPLES.short))
             await self.link.applied(TUPLES.short, info.state.last_seq)
         except BaseException:
-            self._uncertain(request_id)
+            if not marked:
+                self._uncertain(request_id)
             raise
+        if marked:
+            self._mark(self.checked, request_id)
 
     def recall(self, ctx: Ctx, request_id: str | None, asked: dict) -> dict | None:
         """The recorded answer of a take with this requestId (team-wide), or None when none was made."""
-        if request_id is None:
+        taken = self.records.recall(request_id, "tuple.in", asked, ctx.now)
+        if not taken:
             return None
-        record = self.records.get(request_id)
-        if record is None or record[2] <= ctx.now:
-            return None
-        if record[0] != fingerprint(asked):
-            raise OpError("conflict", f"requestId {request_id!r} was used for another take (other arguments); "
-                                      "use a new id for each take", "requestId")
-        taken = sorted(record[1], key=lambda t: t.get("id") or 0)
+        taken = sorted(taken, key=lambda t: t.get("id") or 0)
         return {"taken": taken, "count": len(taken), "repeated": True}

@@ -16,6 +16,9 @@ import pytest
 from pdcore.errors import OpError
 from tests.team.conftest import team_settings, wait_team_ready
 
+NOTES_CAP = 16 * 1024  # team_notes_max_bytes of the notes test
+INBOX_CAP = 4096  # team_inbox_max_bytes of the inbox test
+
 
 def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
@@ -69,28 +72,49 @@ def test_an_agent_dead_on_a_reaches_salvage_on_b_and_exactly_one_claimer_wins(na
         assert dead
     finally:
         proc.kill()
-    # both hosts claim at once: exactly one claimer wins across the team
+    # both hosts claim at once: exactly one claimer wins across the team. heir-a's claim is sent
+    # twice to A and once to B with one requestId (repeats while the first try is in flight, on
+    # the same host and on another): it is one take, so all get its one answer, or already_claimed.
+    calls = ((a, "heir-a", "rid-a"), (b, "heir-b", "rid-b"), (b, "heir-a", "rid-a"), (a, "heir-a", "rid-a"))
     results: list = []
+    barrier = threading.Barrier(len(calls))
 
-    def claim(client, who: str) -> None:
+    def claim(daemon, who: str, rid: str) -> None:
+        client = daemon.client()
+        barrier.wait()
         try:
-            results.append(("ok", who, client.call("salvage.claim", agentId="victim", claimedBy=who)))
+            results.append(("ok", rid, client.call("salvage.claim", agentId="victim", claimedBy=who, requestId=rid)))
         except OpError as exc:
-            results.append(("err", who, exc.code))
+            results.append(("err", rid, exc.code))
 
-    threads = [threading.Thread(target=claim, args=(c, w)) for c, w in ((ca, "heir-a"), (b.client(), "heir-b"))]
+    threads = [threading.Thread(target=claim, args=call) for call in calls]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
     wins = [r for r in results if r[0] == "ok"]
-    assert len(wins) == 1, results
-    assert [r[2] for r in results if r[0] == "err"] == ["already_claimed"]
-    winner = wins[0][1]
-    assert wins[0][2]["inheritedFiles"] == ["src/db/*.sql"]
+    assert len(results) == len(calls) and {r[1] for r in wins} in ({"rid-a"}, {"rid-b"}), results
+    assert all(r[2] == "already_claimed" for r in results if r[0] == "err"), results
+    rid, first = wins[0][1], next(r[2] for r in wins if not r[2].get("repeated"))
+    assert len(wins) == (3 if rid == "rid-a" else 1) and sum(bool(r[2].get("repeated")) for r in wins) == len(wins) - 1
+    for r in wins:
+        assert {k: v for k, v in r[2].items() if k != "repeated"} == first, results
+    winner = first["claimedBy"]
+    assert first["inheritedFiles"] == ["src/db/*.sql"]
     claimed = _wait_for(lambda: (_entry(ca, "victim") or {}).get("claimedBy") == winner
                         and (_entry(cb, "victim") or {}).get("claimedBy") == winner, 10)
     assert claimed
+    # the winning take repeated later on either host: its first answer, not already_claimed
+    for client in (ca, cb):
+        again = client.call("salvage.claim", agentId="victim", claimedBy=winner, requestId=rid)
+        assert again["repeated"] and {k: v for k, v in again.items() if k != "repeated"} == first
+        with pytest.raises(OpError) as other:  # the same id with other arguments is refused, as in local mode
+            client.call("salvage.claim", agentId="victim", claimedBy="someone-else", requestId=rid)
+        assert other.value.code == "conflict"
+        with pytest.raises(OpError) as other:  # or for another take
+            client.call("tuple.in", pattern=["x"], requestId=rid)
+        assert other.value.code == "conflict"
+    assert "claim" not in _entry(cb, "victim")  # the take record is not shown
 
 
 def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats_server, daemon_factory, team_key):
@@ -134,6 +158,22 @@ def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats
         proc.kill()
 
 
+def _stream_state(url: str, stream: str) -> dict:
+    """messages, bytes and messages per subject of a stream, as the server holds it now."""
+    import nats
+
+    async def read() -> dict:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(stream, subjects_filter=">")
+            return {"messages": info.state.messages, "bytes": info.state.bytes,
+                    "subjects": dict(info.state.subjects or {})}
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
 def _stream_bytes(url: str, stream: str) -> bytes:
     import nats
 
@@ -166,7 +206,8 @@ def _session_with_notes(client, sid: str, notes: int) -> dict | None:
 
 def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plaintext(nats_server, daemon_factory,
                                                                                    team_key):
-    settings = _pair(nats_server, "notes", team_key)
+    # a small notes stream, and ended sessions forgotten after 3 s: the caps are checked at the end
+    settings = _pair(nats_server, "notes", team_key, team_notes_max_bytes=NOTES_CAP, agent_dead_retention_ms=3000)
     a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
     wait_team_ready(a), wait_team_ready(b)
     ca, cb = a.client(), b.client()
@@ -195,6 +236,43 @@ def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plainte
     verified = cb.call("note.verify", sessionId=sid)
     assert verified["ok"] and verified["checked"] == 6
     assert b"swordfish-final" not in _stream_bytes(nats_server.url, "pd-notes-notes")
+    # The notes stream is capped in bytes and refuses new notes when full (team_full) rather than
+    # drop old ones: the chains other hosts verify stay whole.
+    filler = ca.call("sugar.begin", purpose="fill", identity="blog:fill", agentId="filler")["sessionId"]
+    written, refused = 0, None
+    for _ in range(40):
+        try:
+            ca.call("note.add", id=filler, content="x" * 1000)
+            written += 1
+        except OpError as exc:
+            refused = exc
+            break
+    assert refused is not None and refused.code == "team_full", refused
+    assert written >= 3
+    state = _stream_state(nats_server.url, "pd-notes-notes")
+    assert state["bytes"] <= NOTES_CAP
+    with pytest.raises(OpError) as again:  # refused before it is written, while this host's notes wait
+        ca.call("note.add", id=filler, content="one more")
+    assert again.value.code == "team_full"
+    got = _wait_for(lambda: _session_with_notes(cb, filler, written), 10)
+    assert got is not None and cb.call("note.verify", sessionId=filler)["ok"]
+    # The ended session's record expires (agent_dead_retention_ms): its notes leave the stream, which
+    # makes room; the note kept back reaches the team and new notes are taken again.
+    assert _wait_for(lambda: f"pd.notes.notes.{sid}" not in _stream_state(nats_server.url, "pd-notes-notes")
+                     ["subjects"], 15), _stream_state(nats_server.url, "pd-notes-notes")["subjects"]
+
+    def added() -> dict | None:
+        try:
+            return ca.call("note.add", id=filler, content="after the purge")
+        except OpError as exc:
+            assert exc.code == "team_full"
+            return None
+
+    assert _wait_for(added, 10, step=0.2)
+    got = _wait_for(lambda: _session_with_notes(cb, filler, written + 2), 10)
+    assert got is not None and got["notes"][-1]["content"] == "after the purge"
+    verified = cb.call("note.verify", sessionId=filler)
+    assert verified["ok"] and verified["checked"] == written + 2
 
 
 def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(nats_server, daemon_factory,
@@ -231,7 +309,8 @@ def test_two_hosts_claiming_overlapping_globs_strictly_at_once_exactly_one_wins(
 
 
 def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_factory, team_key):
-    settings = _pair(nats_server, "inbox", team_key)
+    # the inbox stream is bounded like the local inbox (3 per agent here) and in bytes
+    settings = _pair(nats_server, "inbox", team_key, inbox_max_per_agent=3, team_inbox_max_bytes=INBOX_CAP)
     a, b = daemon_factory(**settings, team_host_id="host-a"), daemon_factory(**settings, team_host_id="host-b")
     wait_team_ready(a), wait_team_ready(b)
     ca, cb = a.client(), b.client()
@@ -241,17 +320,29 @@ def test_inbox_a_to_b_is_delivered_also_when_b_was_away(nats_server, daemon_fact
     assert sent["host"] == "host-b" and sent["seq"] > 0
     got = _wait_for(lambda: cb.call("inbox.list", id="bob")["messages"], 10)
     assert [(m["content"], m["from"]) for m in got] == [("hello from A", "alice")]
-    # B away: the message waits in the stream and arrives when B is back
+    # once B stored it, B purges it: the stream keeps undelivered messages only
+    assert _wait_for(lambda: _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 0, 10)
+    # B away: messages wait in the stream (the newest 3 for bob, as bob's inbox keeps them) ...
     os.killpg(b.proc.pid, signal.SIGKILL)
     b.proc.wait(10)
-    ca.call("inbox.send", id="bob", content={"while": "away"}, **{"from": "alice"})
+    for i in range(5):
+        ca.call("inbox.send", id="bob", content={"while": "away", "n": i}, **{"from": "alice"})
+    assert _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 3
+    # ... and a send that would pass the byte cap is refused, nothing dropped for it
+    with pytest.raises(OpError) as full:
+        ca.call("inbox.send", id="bob", content="y" * INBOX_CAP, **{"from": "alice"})
+    assert full.value.code == "team_full"
+    state = _stream_state(nats_server.url, "pd-inbox-inbox")
+    assert state["messages"] == 3 and state["bytes"] <= INBOX_CAP
+    # they arrive when B is back
     b.start()
     wait_team_ready(b)
     cb = b.client()
-    got = _wait_for(lambda: len(cb.call("inbox.list", id="bob")["messages"]) == 2, 15)
+    got = _wait_for(lambda: [m["content"] for m in cb.call("inbox.list", id="bob")["messages"]]
+                    == [{"while": "away", "n": n} for n in (4, 3, 2)], 15)
     assert got, [(m["id"], m["content"]) for m in cb.call("inbox.list", id="bob")["messages"]]
-    assert cb.call("inbox.list", id="bob")["messages"][0]["content"] == {"while": "away"}
     assert ca.call("inbox.list", id="bob")["messages"] == []  # not a copy on the sender's host
+    assert _wait_for(lambda: _stream_state(nats_server.url, "pd-inbox-inbox")["messages"] == 0, 10)
 
 
 def test_find_team_lists_host_and_port_of_each_identity(nats_server, daemon_factory, team_key):

@@ -18,6 +18,7 @@ from tests.team.conftest import stop_nats_under, team_settings, wait_team_ready
 
 TUPLES = int(os.environ.get("PD_TEAM_TUPLES", "2000"))
 TAKERS_PER_DAEMON = 6
+ROUNDS = 40  # tuples of the marked-requestId check; half are taken on A and repeated at once on B
 
 
 def _write(daemons, tag: str, n: int) -> None:
@@ -173,6 +174,20 @@ def test_a_repeated_take_gets_its_tuple_back_on_either_host(nats_server, daemon_
         ca.call("tuple.in", pattern=["r", "x"], harbor="h.1", requestId="take-1")
     assert other.value.code == "conflict"
     assert ca.call("tuple.scan", harbor="h.1")["total"] == 1
+    # A requestId marked "<host id>:..." says which host the take was first sent to: repeated at once
+    # on another host, before that host's copy of the stream has the tombstone, it waits for it.
+    host_a = ca.call("team.status")["hostId"]
+    for i in range(ROUNDS):
+        ca.call("tuple.out", fields=["m", i], harbor="h.2")
+    deadline = time.monotonic() + 5
+    while cb.call("tuple.scan", harbor="h.2")["total"] != ROUNDS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for i in range(ROUNDS // 2):
+        rid = f"{host_a}:take-{i}"
+        first = ca.call("tuple.in", pattern=["m", "*"], harbor="h.2", requestId=rid)
+        again = cb.call("tuple.in", pattern=["m", "*"], harbor="h.2", requestId=rid)
+        assert again.get("repeated") and again["taken"] == first["taken"], (i, first, again)
+    assert ca.call("tuple.count", harbor="h.2")["count"] == ROUNDS - ROUNDS // 2
 
 
 def test_blocking_take_on_b_is_woken_by_out_on_a_and_ttls_hold(nats_server, daemon_factory):

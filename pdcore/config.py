@@ -179,7 +179,7 @@ class Config:
     team_op_timeout_ms: int = 5000  # a team op not acknowledged by JetStream in this long fails (team_unavailable)
     team_reconnect_wait_ms: int = 500  # pause between reconnection attempts (the link retries forever)
     team_heartbeat_ms: int = 2000  # how often this host writes its heartbeat into the hosts bucket
-    team_host_timeout_ms: int = 15_000  # a host whose heartbeat is older than this is no longer seen
+    team_host_timeout_ms: int = 15_000  # a host from which no new heartbeat arrived for this long (our clock) is gone
     team_bound_lock_ttl_ms: int = 30_000  # server TTL of a connection-bound team lock, refreshed while bound
 
     def __post_init__(self) -> None:

@@ -179,7 +179,7 @@ class Config:
     team_op_timeout_ms: int = 5000  # a team op not acknowledged by JetStream in this long fails (team_unavailable)
     team_reconnect_wait_ms: int = 500  # pause between reconnection attempts (the link retries forever)
     team_heartbeat_ms: int = 2000  # how often this host writes its heartbeat into the hosts bucket
-    team_host_timeout_ms: int = 15_000  # a host whose heartbeat is older than this is no longer seen
+    team_host_timeout_ms: int = 15_000  # a host from which no new heartbeat arrived for this long (our clock) is gone
     team_bound_lock_ttl_ms: int = 30_000  # server TTL of a connection-bound team lock, refreshed while bound
     team_notes_max_bytes: int = 256 * 1024 * 1024  # the team's notes stream; when full new notes are refused (team_full), none is dropped
     team_inbox_max_bytes: int = 64 * 1024 * 1024  # direct messages to other hosts not yet delivered; when full a send is refused (team_full)

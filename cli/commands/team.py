@@ -185,10 +185,13 @@ def status() -> None:
                                     for p in s.get("peers", []))} for s in r["streams"]]
         lines += ["", table(rows, [("name", "NAME"), ("kind", "KIND"), ("health", "HEALTH"),
                                    ("messages", "MESSAGES"), ("replicas", "REPLICAS"), ("leader", "LEADER")])]
-        hosts = [{**h, "seen": when(h.get("ts")), "state": "alive" if h["alive"] else "silent",
+        # HEARD: when this host last received a new heartbeat (its own clock, what liveness is judged by);
+        # THEIR CLOCK: the time the other host wrote into it (its clock, which may be off)
+        hosts = [{**h, "heard": "-" if h.get("silentMs") is None else f"{h['silentMs'] / 1000:.1f}s ago",
+                  "theirs": when(h.get("ts")), "state": "alive" if h["alive"] else "silent",
                   "me": "*" if h.get("self") else ""} for h in r["hosts"]]
         lines += ["", table(hosts, [("me", ""), ("host", "HOST"), ("hostname", "HOSTNAME"), ("state", "STATE"),
-                                    ("seen", "LAST BEAT")], empty="(no hosts seen)")]
+                                    ("heard", "HEARD"), ("theirs", "THEIR CLOCK")], empty="(no hosts seen)")]
         return "\n".join(lines)
 
     output(result, human, quiet="connected" if result.get("connected") else "disconnected")

@@ -4,7 +4,7 @@
 fire-and-forget: the core stamps the agent in memory and replies to nobody.
 """
 
-from pdcore.ops.schema import PURPOSE_MAX, Arg, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, TEAM_PENDING, Arg, Op, Route, limit_arg
 
 _PID = Arg("pid", "int", min=1, max=2**31 - 1, doc="the agent's process: it is dead as soon as this process is gone")
 
@@ -22,7 +22,8 @@ OPS = (
            Arg("maxServices", "int", min=0, max=100_000),
            Arg("maxLocks", "int", min=0, max=100_000),
        ),
-       reply={"agentId": "str", "registered": "bool", "created": "bool", "agent": "dict", "message": "str"},
+       reply={"agentId": "str", "registered": "bool", "created": "bool", "agent": "dict", "message": "str",
+              **TEAM_PENDING},
        durable=True, errors=("invalid_name", "invalid_argument", "invalid_identity"),
        routes=(Route("POST", "/agents", v37=True),), cli=("agent register",)),
     Op("heartbeat", "agents.heartbeat",
@@ -39,7 +40,8 @@ OPS = (
        routes=(Route("POST", "/agents/{id}/heartbeat", v37=True),), cli=("agent heartbeat",)),
     Op("agent.unregister", "agents.unregister", "Forget an agent that leaves cleanly (nothing goes to salvage).",
        args=(Arg("id", "name", required=True, where="path"),),
-       reply={"agentId": "str", "unregistered": "bool"}, durable=True, errors=("not_found", "invalid_name"),
+       reply={"agentId": "str", "unregistered": "bool", **TEAM_PENDING}, durable=True,
+       errors=("not_found", "invalid_name"),
        routes=(Route("DELETE", "/agents/{id}", v37=True),), cli=("agent unregister",)),
     Op("agent.get", "agents.get", "One agent, with its liveness (alive, stale, dead) and active session.",
        args=(Arg("id", "name", required=True, where="path"),),

@@ -4,7 +4,7 @@ There is deliberately no edit or delete operation for notes.
 """
 
 from pdcore.choices import NOTE_TYPES
-from pdcore.ops.schema import Arg, Code37, Op, Route, limit_arg
+from pdcore.ops.schema import TEAM_PENDING, Arg, Code37, Op, Route, limit_arg
 
 # The size rule (note_max_bytes, 413) is applied by the handler in bytes; this bound only keeps
 # the validator from scanning absurd strings.
@@ -19,13 +19,14 @@ OPS = (
     Op("note.add", "notes.add", "Append an immutable note to a session.",
        args=(Arg("id", "name", required=True, where="path", doc="the session id"), _CONTENT, _TYPE,
              Arg("agentId", "name")),
-       reply={"noteId": "int", "sessionId": "str", "type": "str", "createdAt": "int", "hash": "str"},
+       reply={"noteId": "int", "sessionId": "str", "type": "str", "createdAt": "int", "hash": "str", **TEAM_PENDING},
        durable=True, errors=("not_found", "session_ended", "too_large", "missing_field", "invalid_argument"),
        routes=(Route("POST", "/sessions/{id}/notes", v37=True, codes37=(Code37("not_found", "SESSION_NOT_FOUND"),)),), cli=("note",)),
     Op("note.quick", "notes.quick",
        "A note for the caller's active session (agentId or sessionId); a session is started if there is none.",
        args=(_CONTENT, _TYPE, Arg("sessionId", "name"), Arg("agentId", "name")),
-       reply={"noteId": "int", "sessionId": "str", "type": "str", "createdAt": "int", "sessionCreated": "bool"},
+       reply={"noteId": "int", "sessionId": "str", "type": "str", "createdAt": "int", "sessionCreated": "bool",
+              **TEAM_PENDING},
        durable=True, errors=("not_found", "session_ended", "too_large", "missing_field", "invalid_argument"),
        routes=(Route("POST", "/notes", v37=True),), cli=("note",)),
     Op("note.list", "notes.list", "Notes, decrypted, the latest `limit` in the order they were written.",

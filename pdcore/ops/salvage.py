@@ -2,7 +2,7 @@
 both names route here."""
 
 from pdcore.choices import SALVAGE_STATUSES as STATUSES
-from pdcore.ops.schema import REQUEST_ID, Arg, Op, Route, limit_arg
+from pdcore.ops.schema import REQUEST_ID, TEAM_PENDING, Arg, Op, Route, limit_arg
 
 _AGENT = Arg("agentId", "name", required=True, where="path", doc="the dead agent")
 _SESSION = Arg("sessionId", "name", doc="pick one entry when the agent died more than once")
@@ -36,7 +36,7 @@ OPS = (
        args=(_AGENT, Arg("claimedBy", "name", doc="the agent taking over the work (required, or newAgentId)"),
              _SESSION, _NEW_AGENT, REQUEST_ID),
        reply={"agentId": "str", "claimedBy": "str", "sessionId": "str", "sessionCreated": "bool",
-              "inheritedFiles": "list", "conflicts": "list", "entry": "dict", "repeated": "bool"},
+              "inheritedFiles": "list", "conflicts": "list", "entry": "dict", "repeated": "bool", **TEAM_PENDING},
        durable=True, actor="claimedBy", takes=True,
        errors=("not_found", "already_claimed", "missing_field", "conflict"),
        routes=_both("POST", "/claim/{agentId}"), cli=("salvage claim",)),
@@ -47,7 +47,7 @@ OPS = (
     Op("salvage.abandon", "salvage.abandon",
        "Give salvaged work back to the queue (pending again); an agent with no entry answers abandoned: false.",
        args=(_AGENT, Arg("claimedBy", "name"), _SESSION),
-       reply={**_ENTRY, "abandoned": "bool", "releasedFiles": "list"}, durable=True, actor="claimedBy",
+       reply={**_ENTRY, "abandoned": "bool", "releasedFiles": "list", **TEAM_PENDING}, durable=True, actor="claimedBy",
        errors=("invalid_state", "not_owner"),
        routes=_both("POST", "/abandon/{agentId}"), cli=("salvage abandon",)),
     Op("salvage.dismiss", "salvage.dismiss", "Drop a dead agent's entries from the queue (none: dismissed 0).",

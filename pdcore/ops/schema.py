@@ -39,6 +39,9 @@ MAX_NESTING = 64
 # Purposes and other free texts: 3.7 accepted purposes of many KiB (a 9,000-character purpose
 # must work); still bounded, so one request cannot store an unbounded string.
 PURPOSE_MAX = 16_384
+# In team mode (docs/team.md), a write whose change this host made but whose acknowledgement by
+# the team the link dropped: it succeeded and is published on reconnect; present only then.
+TEAM_PENDING = {"teamPending": "bool"}
 
 ARG_TYPES = ("str", "text", "name", "identity", "idpattern", "int", "float", "bool", "dict", "list", "any")
 

@@ -3,7 +3,7 @@
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
 from pdcore.choices import SESSION_PHASES as PHASES
 from pdcore.choices import SESSION_STATUSES as STATUSES
-from pdcore.ops.schema import PURPOSE_MAX, Arg, Code37, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, TEAM_PENDING, Arg, Code37, Op, Route, limit_arg
 
 _ID = Arg("id", "name", required=True, where="path", doc="the session id")
 _NOT_FOUND_37 = (Code37("not_found", "SESSION_NOT_FOUND"),)
@@ -23,7 +23,7 @@ OPS = (
            Arg("strict", "bool", default=False, doc="refuse if a file is held by another session"),
        ),
        reply={"id": "str", "purpose": "str", "status": "str", "sessionId": "str", "session": "dict",
-              "conflicts": "list", "replaced": "str"},
+              "conflicts": "list", "replaced": "str", **TEAM_PENDING},
        durable=True, errors=("missing_field", "session_active", "file_conflict", "invalid_identity",
                              "invalid_argument"),
        routes=(Route("POST", "/sessions", v37=True),), cli=("session start",)),
@@ -51,7 +51,7 @@ OPS = (
            Arg("metadata", "dict", max_len=64),
            Arg("note", "text", max_len=4 << 20, doc="a closing note, written before the session ends"),
        ),
-       reply={"sessionId": "str", "session": "dict", "releasedFiles": "list"}, durable=True,
+       reply={"sessionId": "str", "session": "dict", "releasedFiles": "list", **TEAM_PENDING}, durable=True,
        errors=("not_found", "session_ended", "invalid_argument", "too_large"),
        routes=(Route("PUT", "/sessions/{id}", v37=True, codes37=_NOT_FOUND_37),), cli=("session update",)),
     Op("session.end", "sessions.end", "End a session (completed by default); its notes stay, its claims go.",
@@ -60,12 +60,13 @@ OPS = (
            Arg("status", "str", default="completed", choices=END_STATUSES),
            Arg("note", "text", max_len=4 << 20, doc="a closing note (type handoff)"),
        ),
-       reply={"sessionId": "str", "status": "str", "endedAt": "int", "releasedFiles": "list"}, durable=True,
+       reply={"sessionId": "str", "status": "str", "endedAt": "int", "releasedFiles": "list", **TEAM_PENDING},
+       durable=True,
        errors=("not_found", "session_ended", "too_large"),
        routes=(Route("DELETE", "/sessions/{id}", v37=True, codes37=_NOT_FOUND_37),), cli=("session end",)),
     Op("session.phase", "sessions.set_phase", "Move a session to a phase.",
        args=(_ID, Arg("phase", "str", required=True, choices=PHASES)),
-       reply={"sessionId": "str", "phase": "str", "previousPhase": "str"}, durable=True,
+       reply={"sessionId": "str", "phase": "str", "previousPhase": "str", **TEAM_PENDING}, durable=True,
        errors=("not_found", "session_ended", "missing_field", "invalid_argument"),
        routes=(Route("PUT", "/sessions/{id}/phase", v37=True, codes37=_NOT_FOUND_37),), cli=("session phase",)),
     Op("session.claim_files", "sessions.claim_files",
@@ -76,12 +77,13 @@ OPS = (
            Arg("strict", "bool", default=False, doc="refuse on conflict; your claim then blocks others too"),
            Arg("ttl", "int", min=1, max=365 * 86400 * 1000, doc="ms until the claim lapses"),
        ),
-       reply={"sessionId": "str", "claimed": "list", "conflicts": "list", "files": "list"}, durable=True,
+       reply={"sessionId": "str", "claimed": "list", "conflicts": "list", "files": "list", **TEAM_PENDING},
+       durable=True,
        errors=("not_found", "session_ended", "file_conflict", "missing_field", "invalid_argument"),
        routes=(Route("POST", "/sessions/{id}/files", v37=True, codes37=_NOT_FOUND_37),), cli=("session files claim",)),
     Op("session.release_files", "sessions.release_files", "Release file claims (all of them when files is absent).",
        args=(_ID, Arg("files", "any", doc=_FILES_DOC)),
-       reply={"sessionId": "str", "released": "list", "files": "list"}, durable=True,
+       reply={"sessionId": "str", "released": "list", "files": "list", **TEAM_PENDING}, durable=True,
        errors=("not_found", "session_ended", "invalid_argument"),
        routes=(Route("DELETE", "/sessions/{id}/files", v37=True, codes37=_NOT_FOUND_37),), cli=("session files release",)),
     Op("files.list", "sessions.files_list", "Every live file claim, by session, agent or project.",

@@ -2,7 +2,7 @@
 
 from pdcore.choices import NOTE_TYPES
 from pdcore.choices import SESSION_END_STATUSES as END_STATUSES
-from pdcore.ops.schema import PURPOSE_MAX, Arg, Code37, Op, Route, limit_arg
+from pdcore.ops.schema import PURPOSE_MAX, TEAM_PENDING, Arg, Code37, Op, Route, limit_arg
 
 OPS = (
     Op("sugar.begin", "sugar.begin",
@@ -21,7 +21,7 @@ OPS = (
        ),
        reply={"agentId": "str", "sessionId": "str", "identity": "str", "purpose": "str", "agentRegistered": "bool",
               "sessionStarted": "bool", "fileClaims": "list", "fileConflicts": "list", "salvageHint": "str",
-              "salvage": "dict"},
+              "salvage": "dict", **TEAM_PENDING},
        durable=True, errors=("missing_field", "session_active", "file_conflict", "invalid_identity",
                              "invalid_argument"),
        routes=(Route("POST", "/sugar/begin", v37=True),), cli=("begin",)),
@@ -36,7 +36,8 @@ OPS = (
            Arg("keepAgent", "bool", default=False, doc="end the session but keep the agent registered"),
        ),
        reply={"agentId": "str", "sessionId": "str", "sessionStatus": "str", "agentUnregistered": "bool",
-              "notesCount": "int", "finalNote": "bool", "releasedFiles": "list", "releasedLocks": "list"},
+              "notesCount": "int", "finalNote": "bool", "releasedFiles": "list", "releasedLocks": "list",
+              **TEAM_PENDING},
        durable=True, errors=("missing_field", "not_found", "session_ended", "too_large"),
        routes=(Route("POST", "/sugar/done", v37=True, codes37=(Code37("not_found", "NO_ACTIVE_SESSION"),)),),
        cli=("done",)),

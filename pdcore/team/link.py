@@ -3,6 +3,8 @@
 The link connects in the background and reconnects by itself (forever, every
 `team_reconnect_wait_ms`); it creates or opens the space's buckets and streams on every
 (re)connect, keeps one watch per bucket that asked for it, and writes this host's heartbeat.
+Another host is alive while new heartbeats of it keep arriving here, timed on this host's
+monotonic clock (the `ts` it writes is its own clock's, which may be off).
 
 How a primitive plugs in (see docs/team.md, "Adding a shared primitive"):
 
@@ -182,6 +184,9 @@ class TeamLink:
         self.followers: dict[str, Follower] = {}  # short stream name -> its mirror's callbacks
         self.hosts: dict[str, dict] = {}  # host id -> its last heartbeat record
         self.takes = TakeIndex(config)  # take records read off the takes' writes (tuples, salvage)
+        # host id -> (revision of its last heartbeat, when this host saw that revision arrive: its own
+        # monotonic clock, seconds). Liveness is judged from this, never from the `ts` another host wrote.
+        self.host_seen: dict[str, tuple[int, float]] = {}
         self.last_error: str | None = None
         self.last_error_at: int | None = None
         self.connected_at: int | None = None
@@ -190,6 +195,7 @@ class TeamLink:
         self.on_down: list[Callable[[], None]] = []  # called on the core's thread when the link goes down
         self.on_ready: list[Callable[[], None]] = []  # called on the core's thread each time the space is (re)opened
         self.ready_at: int | None = None  # when the space was last (re)opened
+        self.ready_mono: float | None = None  # the same moment on this host's monotonic clock (seconds)
         self._watches: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
@@ -242,7 +248,7 @@ class TeamLink:
             raise team_unavailable(self.last_error or "not connected")
         now = int(time.time() * 1000) if now is None else now
         timeout_ms = self.config.team_op_timeout_ms
-        return Await(self._guard(fn(*args)), now + timeout_ms + 250, then,
+        return Await(self.guard(fn(*args)), now + timeout_ms + 250, then,
                      team_unavailable(f"no answer in {timeout_ms} ms"))
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -250,7 +256,7 @@ class TeamLink:
         if not self.available:
             log.warning("event=team.dropped what=%s reason=unavailable", getattr(fn, "__name__", fn))
             return
-        task = self.loop.create_task(self._guard(fn(*args)))
+        task = self.loop.create_task(self.guard(fn(*args)))
         self._tasks.add(task)
         task.add_done_callback(self._background_done)
 
@@ -265,7 +271,7 @@ class TeamLink:
             log.warning("event=team.background_failed error=%s", task.exception())
         self.after_change()
 
-    async def _guard(self, call: Awaitable[Any]) -> Any:
+    async def guard(self, call: Awaitable[Any]) -> Any:
         """Bound a JetStream call by team_op_timeout_ms; any NATS failure becomes team_unavailable."""
         try:
             return await asyncio.wait_for(call, self.config.team_op_timeout_ms / 1000)
@@ -334,6 +340,7 @@ class TeamLink:
                         await asyncio.wait_for(follower.caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
                     self.ready = True
                     self.ready_at = int(time.time() * 1000)
+                    self.ready_mono = time.monotonic()
                     for fn in self.on_ready:  # e.g. host-owned records published again after an outage
                         fn()
                     log.info("event=team.ready space=%s host=%s server=%s", self.space, self.host_id,
@@ -429,28 +436,44 @@ class TeamLink:
     def _host_changed(self, key: str, revision: int, value: bytes | None) -> None:
         if value is None:
             self.hosts.pop(key, None)
+            self.host_seen.pop(key, None)
             return
         try:
             self.hosts[key] = json.loads(value)
         except ValueError:
             log.warning("event=team.bad_heartbeat host=%s", key)
+            return
+        seen = self.host_seen.get(key)
+        if seen is None or seen[0] != revision:  # a watch restarted after a reconnect repeats the last revision
+            self.host_seen[key] = (revision, time.monotonic())
 
-    def hosts_seen(self, now: int) -> list[dict]:
-        timeout = self.config.team_host_timeout_ms
-        return [{**h, "alive": now - int(h.get("ts", 0)) < timeout, "self": k == self.host_id}
+    def host_silent_ms(self, host: str) -> int | None:
+        """How long ago, by this host's monotonic clock, a new heartbeat of `host` arrived (None: none seen).
+
+        The `ts` inside a heartbeat is the other host's wall clock, which may run behind or ahead of
+        ours; when we saw its revision change is ours alone."""
+        seen = self.host_seen.get(host)
+        return None if seen is None else int((time.monotonic() - seen[1]) * 1000)
+
+    def host_alive(self, host: str) -> bool:
+        """A new heartbeat of `host` arrived within `team_host_timeout_ms` (this host's clock)."""
+        silent = self.host_silent_ms(host)
+        return silent is not None and silent < self.config.team_host_timeout_ms
+
+    def hosts_seen(self) -> list[dict]:
+        return [{**h, "alive": self.host_alive(k), "silentMs": self.host_silent_ms(k), "self": k == self.host_id}
                 for k, h in sorted(self.hosts.items())]
 
     # -- status ------------------------------------------------------------------------------------
     async def status(self) -> dict:
         """What `pd team status` shows: the server, its RTT, the space, each bucket/stream, hosts, last error."""
-        now = int(time.time() * 1000)
         out: dict[str, Any] = {
             "configured": True, "space": self.space, "hostId": self.host_id, "servers": self.config.team_servers,
             "replicas": self.config.team_replicas, "connected": bool(self.nc is not None and self.nc.is_connected),
             "ready": self.ready, "server": None, "serverVersion": None, "rttMs": None,
             "connectedAt": self.connected_at, "disconnectedAt": self.disconnected_at, "reconnects": self.reconnects,
             "lastError": self.last_error, "lastErrorAt": self.last_error_at, "streams": [],
-            "hosts": self.hosts_seen(now),
+            "hosts": self.hosts_seen(),
         }
         if not out["connected"]:
             return out

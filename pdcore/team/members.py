@@ -8,14 +8,19 @@ never the team key itself), on `pd.<space>.notes.<session>` with a hash chain of
 (keyed by the team key), so any host of the team decrypts and verifies it.
 
 Publishing is replication of the host's own records, idempotent: a change marks the record
-dirty; the op that made it answers once JetStream acknowledged the flush (`acked`); a flush
-that fails puts the records back, and every (re)connect publishes all of them again. Heartbeats
+dirty; the op that made it answers once JetStream acknowledged the flush (`acked`), or, when the
+link fails after the change was made here, succeeds with `teamPending: true`; a flush that fails
+puts the records back, and the next tick or every (re)connect publishes them again. Heartbeats
 are only marked: they go out in one batch every `team_heartbeat_ms`, so the local heartbeat
-path stays as fast as in local mode.
+path stays as fast as in local mode. Agent and session records are written with compare-and-set
+on the revision this host last wrote or saw, so a verdict of another host is never overwritten
+unseen.
 
-A host whose daemon stopped beating for `team_host_timeout_ms` has its agents declared dead
-by the surviving hosts: each agent record is updated with compare-and-set on its revision, so
-exactly one host declares each, and that host queues the agent's active session for salvage.
+A host from which no new heartbeat arrived for `team_host_timeout_ms` (judged on this host's
+monotonic clock, never by the `ts` it wrote) has its agents declared dead by the surviving hosts:
+each agent record is updated with compare-and-set on its revision, so exactly one host declares
+each, and that host queues the agent's active session for salvage. When the host comes back it
+applies the verdict to its own agents (as its reaper would, without a second salvage entry).
 """
 
 from __future__ import annotations
@@ -32,16 +37,25 @@ import nats.js.errors
 
 from pdcore.crypto import GENESIS, NoteCipher
 from pdcore.errors import OpError
-from pdcore.state.base import Await
+from pdcore.state.base import Await, Ctx
 from pdcore.state.trie import matches
 from pdcore.team.keyfile import read_key_file
-from pdcore.team.link import TeamLink, stream_full, team_full, team_unavailable, ttl_seconds
+from pdcore.team.link import (
+    KV_MARKER_REASON,
+    KV_OPERATION,
+    TeamLink,
+    stream_full,
+    team_full,
+    team_unavailable,
+    ttl_seconds,
+)
 from pdcore.team.locks import lock_kv_key, lock_name
 from pdcore.team.space import AGENTS, NOTES, SERVICES, SESSIONS, bucket_name, stream_name
 
 log = logging.getLogger("pd.team")
 
 _WRONG_LAST = (10071, 10164)
+_CAS_ROUNDS = 8  # a record of this host written by another host meanwhile: read it, decide, write again
 _NOTE_COLUMNS = ("id, session_id, agent_id, type, created_at, CAST(nonce AS BLOB), CAST(ciphertext AS BLOB), "
                  "prev_hash, hash")
 
@@ -52,6 +66,12 @@ def _clock() -> int:
 
 def _dump(value: dict) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _consume(task: asyncio.Task) -> None:
+    """Retrieve the outcome of a flush nobody waits for any more (its failure is logged, not lost)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("event=team.flush_failed error=%s", task.exception())
 
 
 class TeamMembers:
@@ -75,12 +95,18 @@ class TeamMembers:
         self.note_heads: dict[str, tuple[int, str, int]] = {}  # session -> (notes shared, head link, last seq)
         self.unshared: set[str] = set()  # sessions whose notes met the full notes stream and wait for room
         self.declaring: set[str] = set()  # hosts whose agents this host is declaring dead right now
+        # the revision of this host's last write of each of its agent / session records: the next write
+        # is a compare-and-set on it, so a verdict another host wrote meanwhile is never overwritten unseen
+        self.agent_revs: dict[str, int] = {}
+        self.session_revs: dict[str, int] = {}
         self._lock = asyncio.Lock()  # flushes go out one after another, in order
         self.notes_stream = stream_name(link.space, NOTES.short)
         link.watch(AGENTS.short, self._agent_changed)
         link.watch(SESSIONS.short, self._session_changed)
         link.watch(SERVICES.short, self._services_changed)
         link.on_ready.append(self._resync)
+        link.on_down.append(self._link_down)
+        self._down_waiters: set[asyncio.Future] = set()  # one per op waiting for its flush's acknowledgement
         self._ticking = False  # the tick starts with the first connection
         self._services_sent: list[dict] | None = None
         self._services_at = 0
@@ -93,24 +119,34 @@ class TeamMembers:
             return
         if value is None:
             self.agents.pop(agent_id, None)
+            self.agent_revs.pop(agent_id, None)
             return
         try:
-            self.agents[agent_id] = (revision, json.loads(value))
+            record = json.loads(value)
         except ValueError:
             self.agents.pop(agent_id, None)
+            return
+        self.agents[agent_id] = (revision, record)
+        agent = self.root.agents.get_agent(agent_id)
+        if agent is not None and agent.dead_at is None and self._is_verdict(record, agent):
+            self._apply_verdict(agent_id, record)
 
     def _session_changed(self, key: str, revision: int, value: bytes | None) -> None:
         if value is None:
             # only an ended session's record has a TTL: gone, its notes leave the team's stream too
             # (every host that sees it purges; the same purge twice is harmless)
             self.sessions.pop(key, None)
+            self.session_revs.pop(key, None)
             if self.link.available:
                 self.link.spawn(self._purge_notes, key)
             return
         try:
-            self.sessions[key] = (revision, json.loads(value))
+            record = json.loads(value)
         except ValueError:
             self.sessions.pop(key, None)
+            return
+        self.sessions[key] = (revision, record)
+        self._session_verdict(key, record)
 
     def _services_changed(self, key: str, revision: int, value: bytes | None) -> None:
         if value is None:
@@ -162,20 +198,58 @@ class TeamMembers:
         return batch
 
     def acked(self, result: Any) -> Any:
-        """The op's answer once JetStream holds what it changed (an Await), or the result when nothing is due."""
+        """The op's answer once JetStream holds what it changed (an Await), or the result when nothing is due.
+
+        The op has changed this host's database already (durable). If the link fails before
+        JetStream acknowledges (down, timeout), the answer is still the op's result, with
+        `teamPending: true`: the records stay dirty and go out at the next tick or reconnect, so a
+        caller that retried would do the change twice (a second note) for nothing."""
         if not self._pending():
             return result
-        return self.link.call(self._flush, self._take(), True, then=lambda _: result)
+        pending = {**result, "teamPending": True}
+        if not self.link.available:  # dropped since the op's require(): published on reconnect (resync)
+            return pending
+        timeout_ms = self.config.team_op_timeout_ms
+        return Await(self._flush_for(self._take(), result, pending), _clock() + timeout_ms + 250, None, pending)
+
+    async def _flush_for(self, batch: tuple[set, set, set, set], result: Any, pending: Any) -> Any:
+        """Flush for one op: its result once acknowledged, else `pending` (the records stay dirty):
+        at once when the link goes down meanwhile, else when the flush failed or timed out."""
+        loop = asyncio.get_running_loop()
+        flush = loop.create_task(self.link.guard(self._flush(batch)))
+        down = loop.create_future()
+        self._down_waiters.add(down)
+        try:
+            await asyncio.wait((flush, down), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._down_waiters.discard(down)
+            if not flush.done():  # it ends by itself (team_op_timeout_ms); a failure puts the records back
+                flush.add_done_callback(_consume)
+        if not flush.done():
+            return pending
+        err = flush.exception()
+        if err is None:
+            return result if flush.result() else pending  # False: its note waits for room in the notes stream
+        if isinstance(err, OpError) and err.code == "team_unavailable":
+            return pending
+        raise err
+
+    def _link_down(self) -> None:
+        """The link dropped: ops waiting for their flush's acknowledgement answer `teamPending` now."""
+        for fut in self._down_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._down_waiters.clear()
 
     def kick(self) -> None:
         """Publish what is dirty now, nobody waiting (the reaper, heartbeats)."""
         if self._pending() and self.link.available:
-            self.link.spawn(self._flush, self._take(), False)
+            self.link.spawn(self._flush, self._take())
 
     # -- publishing -------------------------------------------------------------------------------
-    async def _flush(self, batch: tuple[set, set, set, set], waited: bool) -> None:
-        """Publish a batch of dirty records. A full notes stream holds back only the notes (they stay dirty);
-        an op that waits (`waited`) is answered team_full when a note it added is one of them."""
+    async def _flush(self, batch: tuple[set, set, set, set]) -> bool:
+        """Publish a batch of dirty records; False when the full notes stream held back a note this batch
+        brought (only notes are held back: they stay dirty, and the op that added one answers teamPending)."""
         agents, sessions, notes, salvage = batch
         held_back: set[str] = set()
         async with self._lock:
@@ -201,8 +275,7 @@ class TeamMembers:
                 self.dirty_notes |= notes
                 self.dirty_salvage |= salvage
                 raise
-        if waited and held_back & fresh:
-            raise self._notes_full()
+        return not held_back & fresh
 
     def _held_back(self, tried: set[str], held_back: set[str]) -> None:
         """Sessions whose notes the full notes stream refused stay dirty (retried every tick) and block new notes."""
@@ -222,33 +295,136 @@ class TeamMembers:
         return record
 
     async def _put_agent(self, agent_id: str) -> None:
-        kv = self.link.buckets[AGENTS.short]
-        agent = self.root.agents.get_agent(agent_id)
-        if agent is None:
+        key = lock_kv_key(agent_id)
+        for _ in range(_CAS_ROUNDS):
+            agent = self.root.agents.get_agent(agent_id)
             seen = self.agents.get(agent_id)
-            if seen is not None and seen[1].get("host") == self.host:
-                await kv.delete(lock_kv_key(agent_id))
-            return
-        seen = self.agents.get(agent_id)
-        if (seen is not None and seen[1].get("host") != self.host and seen[1].get("diedAt") is None
-                and agent.dead_at is not None):
-            return  # it registered again on another host since: that host owns the record now
-        record = self.agent_record(agent)
-        ttl = ttl_seconds(self.config.agent_dead_retention_ms) if agent.dead_at is not None else None
-        await self.link.js.publish(f"$KV.{bucket_name(self.link.space, AGENTS.short)}.{lock_kv_key(agent_id)}",
-                                   _dump(record), msg_ttl=ttl)
+            if agent is None:
+                if seen is not None and seen[1].get("host") == self.host:
+                    await self.link.buckets[AGENTS.short].delete(key)
+                return
+            if (seen is not None and seen[1].get("host") != self.host and seen[1].get("diedAt") is None
+                    and agent.dead_at is not None):
+                return  # it registered again on another host since: that host owns the record now
+            if seen is not None and self._is_verdict(seen[1], agent):
+                if agent.dead_at is None:
+                    self._apply_verdict(agent_id, seen[1])
+                return  # the team's record is the verdict on this registration: it stands as written
+            ttl = ttl_seconds(self.config.agent_dead_retention_ms) if agent.dead_at is not None else None
+            known = max(self.agent_revs.get(agent_id, 0), seen[0] if seen is not None else 0)
+            published, revision, current = await self._cas_publish(AGENTS.short, key, self.agent_record(agent),
+                                                                   ttl, known)
+            self.agent_revs[agent_id] = revision
+            if published:
+                return
+            if current is None:  # deleted or expired meanwhile: write it again over the marker
+                self.agents.pop(agent_id, None)
+            else:  # another host wrote it (a verdict, or a newer registration): look at it, then decide again
+                self.agents[agent_id] = (revision, current)
+        log.warning("event=team.agent_not_published agent=%s reason=contended", agent_id)
+        self.dirty_agents.add(agent_id)  # the next tick tries again
 
     async def _put_session(self, sid: str) -> None:
-        session = self.root.sessions.find(sid)
-        if session is None:
+        for _ in range(_CAS_ROUNDS):
+            session = self.root.sessions.find(sid)
+            if session is None:
+                return
+            seen = self.sessions.get(sid)
+            if seen is not None and self._session_verdict(sid, seen[1]):
+                continue  # ended here now: publish that
+            record = session.to_dict()
+            shared, head, _ = self.note_heads.get(sid, (0, GENESIS, 0))
+            record.update(host=self.host, sharedNotes=shared, notesHead=head, notesSealed=self.cipher is not None)
+            if seen is not None and seen[1].get("endedBy"):
+                record["endedBy"] = seen[1]["endedBy"]  # the host that declared its agent dead ended it first
+            ttl = None if session.active else ttl_seconds(self.config.agent_dead_retention_ms)
+            known = max(self.session_revs.get(sid, 0), seen[0] if seen is not None else 0)
+            published, revision, current = await self._cas_publish(SESSIONS.short, sid, record, ttl, known)
+            self.session_revs[sid] = revision
+            if published:
+                await self.root.sessions.team_claims.sync_session(session)
+                return
+            if current is None:
+                self.sessions.pop(sid, None)
+            else:
+                self.sessions[sid] = (revision, current)
+        log.warning("event=team.session_not_published session=%s reason=contended", sid)
+        self.dirty_sessions.add(sid)
+
+    async def _cas_publish(self, short: str, key: str, record: dict, ttl: int | None,
+                           known: int) -> tuple[bool, int, dict | None]:
+        """Write `record` under `key` of bucket `short` if its last revision is still `known` (0: absent).
+        (True, new revision, None) when written; (False, its revision, its record or None) when another
+        write came first."""
+        subject = f"$KV.{bucket_name(self.link.space, short)}.{key}"
+        try:
+            ack = await self.link.js.publish(subject, _dump(record), msg_ttl=ttl,
+                                             headers={"Nats-Expected-Last-Subject-Sequence": str(known)})
+        except nats.js.errors.APIError as err:
+            if err.err_code not in _WRONG_LAST:
+                raise
+            revision, current = await self._latest(short, key)
+            return False, revision, current
+        return True, ack.seq, None
+
+    async def _latest(self, short: str, key: str) -> tuple[int, dict | None]:
+        """The last revision of `key` in bucket `short` and its record (None: absent, deleted or expired)."""
+        bucket = bucket_name(self.link.space, short)
+        try:
+            msg = await self.link.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+        except nats.js.errors.NotFoundError:
+            return 0, None
+        headers = msg.headers or {}
+        if KV_OPERATION in headers or KV_MARKER_REASON in headers or not msg.data:
+            return msg.seq, None
+        try:
+            return msg.seq, json.loads(msg.data)
+        except ValueError:
+            return msg.seq, None
+
+    # -- a verdict of another host on this host's agents -------------------------------------------
+    def _is_verdict(self, record: dict, agent: Any) -> bool:
+        """`record` (the team's) says another host declared this registration of our agent dead."""
+        by = record.get("declaredBy")
+        return (record.get("host") == self.host and record.get("diedAt") is not None and by is not None
+                and by != self.host and record.get("registeredAt") == agent.registered_at)
+
+    def _apply_verdict(self, agent_id: str, record: dict) -> None:
+        """Another host declared this host's agent dead while it could not hear this host (a partition,
+        a paused daemon). The verdict stands: the agent dies here as the reaper would have it die,
+        except that its session is not queued for salvage again (the declarer queued it in the team's
+        bucket): the session ends as abandoned, then `mark_dead` releases what the agent held."""
+        agents, sessions = self.root.agents, self.root.sessions
+        agent = agents.get_agent(agent_id)
+        if agent is None or agent.dead_at is not None:
             return
-        record = session.to_dict()
-        shared, head, _ = self.note_heads.get(sid, (0, GENESIS, 0))
-        record.update(host=self.host, sharedNotes=shared, notesHead=head, notesSealed=self.cipher is not None)
-        ttl = None if session.active else ttl_seconds(self.config.agent_dead_retention_ms)
-        await self.link.js.publish(f"$KV.{bucket_name(self.link.space, SESSIONS.short)}.{sid}", _dump(record),
-                                   msg_ttl=ttl)
-        await self.root.sessions.team_claims.sync_session(session)
+        by = record.get("declaredBy") or record.get("endedBy")
+        reason = f"declared dead by host {by} ({record.get('deadReason') or 'this host stopped beating'})"
+        ctx = Ctx(self.root.clock(), source="internal")
+        session = sessions.active_for_agent(agent_id)
+        if session is not None:
+            sessions.apply_end(ctx, session, "abandoned", reason=reason)
+        agents.mark_dead(ctx, agent, reason)
+        log.warning("event=team.verdict_applied agent=%s declared_by=%s", agent_id, by)
+        self.link.after_change()
+
+    def _session_verdict(self, sid: str, record: dict) -> bool:
+        """The team's record of one of this host's active sessions was ended by the host that declared
+        its agent dead: apply the verdict here. True when it changed something."""
+        by = record.get("endedBy")
+        if record.get("host") != self.host or not by or by == self.host or record.get("status") == "active":
+            return False
+        session = self.root.sessions.active.get(sid)
+        if session is None:
+            return False
+        agent = self.root.agents.get_agent(session.agent_id) if session.agent_id else None
+        if agent is not None and agent.dead_at is None:
+            self._apply_verdict(agent.id, {"declaredBy": by, "deadReason": record.get("deadReason")})
+        else:
+            self.root.sessions.apply_end(Ctx(self.root.clock(), source="internal"), session, "abandoned",
+                                         reason=f"ended by host {by}, which declared its agent dead")
+            self.link.after_change()
+        return True
 
     async def _notes_head(self, sid: str) -> tuple[int, str, int]:
         """(notes the team holds for the session, the last one's link, its stream sequence)."""
@@ -411,54 +587,47 @@ class TeamMembers:
         self.beats.clear()
         self.kick()
         self._publish_services(now)
-        if self.link.ready_at is None or now - self.link.ready_at < self.config.team_host_timeout_ms:
-            return  # the hosts seen so far may not be every host yet
+        ready = self.link.ready_mono
+        if ready is None or (time.monotonic() - ready) * 1000 < self.config.team_host_timeout_ms:
+            return  # the hosts seen so far may not be every host yet (nor their latest beats)
         for host in {r.get("host") for _, r in self.agents.values() if r.get("diedAt") is None}:
-            if host and host != self.host and host not in self.declaring and not self._host_alive(host, now):
+            if host and host != self.host and host not in self.declaring and not self.link.host_alive(host):
                 self.declaring.add(host)
                 self.link.spawn(self._declare_dead, host)
-
-    def _host_alive(self, host: str, now: int) -> bool:
-        beat = self.link.hosts.get(host)
-        return beat is not None and now - int(beat.get("ts", 0)) < self.config.team_host_timeout_ms
 
     async def _declare_dead(self, host: str) -> None:
         """Declare the agents of a vanished host dead; compare-and-set makes exactly one host declare each."""
         try:
-            kv = self.link.buckets[AGENTS.short]
             now = _clock()
             reason = f"host {host} stopped beating"
+            retention = ttl_seconds(self.config.agent_dead_retention_ms)
             for agent_id, (revision, record) in list(self.agents.items()):
                 if record.get("host") != host or record.get("diedAt") is not None:
                     continue
                 dead = {**record, "diedAt": now, "deadReason": reason, "status": "dead", "liveness": "dead",
                         "isActive": False, "declaredBy": self.host}
-                try:
-                    await kv.update(lock_kv_key(agent_id), _dump(dead), last=revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
+                published, _, _ = await self._cas_publish(AGENTS.short, lock_kv_key(agent_id), dead, retention,
+                                                          revision)
+                if not published:
                     continue  # another host declared it (or it beat again)
                 log.warning("event=team.agent_declared_dead agent=%s host=%s", agent_id, host)
                 sid = record.get("sessionId")
                 session = self.sessions.get(sid)[1] if sid and sid in self.sessions else None
                 if session is not None and session.get("status") == "active":
                     await self.root.salvage.team.create_for_dead_session(session, record, now, reason)
-                    await self._end_remote_session(sid, "abandoned")
+                    await self._end_remote_session(sid, "abandoned", reason)
         finally:
             self.declaring.discard(host)
 
-    async def _end_remote_session(self, sid: str, status: str) -> None:
+    async def _end_remote_session(self, sid: str, status: str, reason: str) -> None:
         seen = self.sessions.get(sid)
         if seen is None:
             return
         revision, record = seen
-        ended = {**record, "status": status, "phase": "abandoned", "endedAt": _clock(), "files": []}
-        try:  # compare-and-set, with the TTL of an ended session's record (then its notes leave too)
-            await self.link.js.publish(f"$KV.{bucket_name(self.link.space, SESSIONS.short)}.{sid}", _dump(ended),
-                                       msg_ttl=ttl_seconds(self.config.agent_dead_retention_ms),
-                                       headers={"Nats-Expected-Last-Subject-Sequence": str(revision)})
-        except nats.js.errors.APIError as err:
-            if err.err_code not in _WRONG_LAST:
-                raise
+        ended = {**record, "status": status, "phase": "abandoned", "endedAt": _clock(), "files": [],
+                 "endedBy": self.host, "deadReason": reason}
+        await self._cas_publish(SESSIONS.short, sid, ended, ttl_seconds(self.config.agent_dead_retention_ms),
+                                revision)
         await self.root.sessions.team_claims.drop_session(record.get("project"), sid)
 
     # -- after a (re)connect ---------------------------------------------------------------------

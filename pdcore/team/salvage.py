@@ -206,7 +206,8 @@ class TeamSalvage:
             if request_id is not None:
                 self._index(won)  # a repeat here is recognised before the watch brings the entry back
             mine = sessions.active_for_agent(claimer)
-            created = mine is None
+            # what the take record says: a repeat in flight on this host may have made the session already
+            created = session is None
             if mine is None:
                 mine = sessions.apply_start(ctx, claimer, entry.get("identity"),
                                             f"Salvage of {agent_id}: {entry.get('purpose')}", session_id=new_sid)

@@ -332,12 +332,17 @@ class TeamLink:
                             pass
                     self._watches = []
                     self.buckets = await open_space(self.js, self.config)
+                    watched = []
                     for short, on_change in self.watchers.items():
-                        self._watches.append(await self._watch(short, on_change))
+                        sub, caught_up = await self._watch(short, on_change)
+                        self._watches.append(sub)
+                        watched.append(caught_up)
                     for follower in self.followers.values():
                         self._watches.append(await self._follow(follower))
-                    for follower in self.followers.values():
-                        await asyncio.wait_for(follower.caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
+                    # ready once every copy holds what the server held at open: what a reconnect
+                    # publishes again (on_ready) is compared with the team's copies of this host's records
+                    for caught_up in watched + [f.caught_up for f in self.followers.values()]:
+                        await asyncio.wait_for(caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
                     self.ready = True
                     self.ready_at = int(time.time() * 1000)
                     self.ready_mono = time.monotonic()
@@ -352,10 +357,15 @@ class TeamLink:
                     log.warning("event=team.open_failed error=%s", self.last_error)
                     await asyncio.sleep(self.config.team_reconnect_wait_ms / 1000)
 
-    async def _watch(self, short: str, on_change: Callable[[str, int, bytes | None], None]) -> Any:
-        """An ordered consumer over the bucket: the latest of every key, then every change."""
+    async def _watch(self, short: str,
+                     on_change: Callable[[str, int, bytes | None], None]) -> tuple[Any, asyncio.Event]:
+        """An ordered consumer over the bucket: the latest of every key, then every change; and an event
+        set once the latest of every key has been delivered."""
         bucket = bucket_name(self.space, short)
         prefix = f"$KV.{bucket}."
+        caught_up = asyncio.Event()
+        if (await self.js.stream_info(f"KV_{bucket}")).state.messages == 0:
+            caught_up.set()
 
         async def deliver(msg: Any) -> None:
             headers = msg.headers or {}
@@ -364,11 +374,14 @@ class TeamLink:
                 on_change(msg.subject[len(prefix):], msg.metadata.sequence.stream, None if gone else msg.data)
             except Exception:
                 log.exception("event=team.watch_crash bucket=%s", bucket)
+            if msg.metadata.num_pending == 0:
+                caught_up.set()
             self.after_change()
 
-        return await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
-                                       deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                                       inactive_threshold=300)
+        sub = await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
+                                      deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                                      inactive_threshold=300)
+        return sub, caught_up
 
     async def _follow(self, follower: Follower) -> Any:
         """An ordered consumer over the stream from where `on_open` says, feeding the mirror."""

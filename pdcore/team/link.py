@@ -197,6 +197,7 @@ class TeamLink:
         self.ready_at: int | None = None  # when the space was last (re)opened
         self.ready_mono: float | None = None  # the same moment on this host's monotonic clock (seconds)
         self._watches: list[Any] = []
+        self._live: dict[str, set[str]] = {}  # bucket short name -> keys its watch's copy holds
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
         self._beat: asyncio.Task | None = None
@@ -364,18 +365,36 @@ class TeamLink:
         bucket = bucket_name(self.space, short)
         prefix = f"$KV.{bucket}."
         caught_up = asyncio.Event()
-        if (await self.js.stream_info(f"KV_{bucket}")).state.messages == 0:
+        live = self._live.setdefault(short, set())  # keys the copy holds, from this watch and earlier ones
+        earlier, seen = set(live), set()
+
+        def settle() -> None:
+            """The latest of every key is in: forget what an earlier watch left that the bucket no longer
+            has (a key that expired while the link was down and whose marker is gone too)."""
+            for key in earlier - seen:
+                live.discard(key)
+                try:
+                    on_change(key, 0, None)
+                except Exception:
+                    log.exception("event=team.watch_crash bucket=%s", bucket)
             caught_up.set()
+
+        if (await self.js.stream_info(f"KV_{bucket}")).state.messages == 0:
+            settle()
 
         async def deliver(msg: Any) -> None:
             headers = msg.headers or {}
             gone = KV_OPERATION in headers or KV_MARKER_REASON in headers
+            key = msg.subject[len(prefix):]
+            (live.discard if gone else live.add)(key)
+            if not caught_up.is_set():
+                seen.add(key)
             try:
-                on_change(msg.subject[len(prefix):], msg.metadata.sequence.stream, None if gone else msg.data)
+                on_change(key, msg.metadata.sequence.stream, None if gone else msg.data)
             except Exception:
                 log.exception("event=team.watch_crash bucket=%s", bucket)
-            if msg.metadata.num_pending == 0:
-                caught_up.set()
+            if msg.metadata.num_pending == 0 and not caught_up.is_set():
+                settle()
             self.after_change()
 
         sub = await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,

@@ -357,6 +357,41 @@ def test_what_a_host_did_while_cut_off_reaches_the_team_after_a_kill_9_and_resta
         proc.kill()
 
 
+def test_a_key_that_expired_while_the_link_was_down_leaves_the_copy_when_it_is_back(nats_server, link_proxy,
+                                                                                     daemon_factory, team_key):
+    # Host keys expire without a marker: a host that vanished while B's link was down must not stay
+    # in B's copy of the hosts forever once B reconnects.
+    import nats
+
+    proxy = link_proxy()
+    settings = _pair(nats_server, "ghost", team_key)
+    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
+    wait_team_ready(b)
+    cb = b.client(timeout=30)
+
+    async def ghost_beats_once() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            record = {"host": "ghost", "hostname": "ghost", "pid": 1, "ts": int(time.time() * 1000)}
+            await nc.jetstream().publish("$KV.pd-ghost-hosts.ghost", json.dumps(record).encode(), msg_ttl=1)
+        finally:
+            await nc.close()
+
+    def hosts() -> set[str]:
+        return {h["host"] for h in cb.call("team.status")["hosts"]}
+
+    asyncio.run(ghost_beats_once())
+    assert _wait_for(lambda: "ghost" in hosts(), 10)
+    reconnects = cb.call("team.status")["reconnects"]
+    proxy.cut()
+    time.sleep(2.5)  # the ghost's key expires meanwhile, leaving no marker
+    proxy.heal()
+    assert _wait_for(lambda: cb.call("team.status")["reconnects"] > reconnects and cb.call("team.status")["ready"],
+                     15), cb.call("team.status")
+    assert _wait_for(lambda: "ghost" not in hosts(), 5), hosts()
+    assert "host-b" in hosts()
+
+
 def _stream_state(url: str, stream: str) -> dict:
     """messages, bytes and messages per subject of a stream, as the server holds it now."""
     import nats

@@ -197,6 +197,7 @@ class TeamLink:
         self.ready_at: int | None = None  # when the space was last (re)opened
         self.ready_mono: float | None = None  # the same moment on this host's monotonic clock (seconds)
         self._watches: list[Any] = []
+        self._live: dict[str, set[str]] = {}  # bucket short name -> keys its watch's copy holds
         self._tasks: set[asyncio.Task] = set()
         self._main: asyncio.Task | None = None
         self._beat: asyncio.Task | None = None
@@ -332,12 +333,17 @@ class TeamLink:
                             pass
                     self._watches = []
                     self.buckets = await open_space(self.js, self.config)
+                    watched = []
                     for short, on_change in self.watchers.items():
-                        self._watches.append(await self._watch(short, on_change))
+                        sub, caught_up = await self._watch(short, on_change)
+                        self._watches.append(sub)
+                        watched.append(caught_up)
                     for follower in self.followers.values():
                         self._watches.append(await self._follow(follower))
-                    for follower in self.followers.values():
-                        await asyncio.wait_for(follower.caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
+                    # ready once every copy holds what the server held at open: what a reconnect
+                    # publishes again (on_ready) is compared with the team's copies of this host's records
+                    for caught_up in watched + [f.caught_up for f in self.followers.values()]:
+                        await asyncio.wait_for(caught_up.wait(), 4 * self.config.team_op_timeout_ms / 1000)
                     self.ready = True
                     self.ready_at = int(time.time() * 1000)
                     self.ready_mono = time.monotonic()
@@ -352,23 +358,49 @@ class TeamLink:
                     log.warning("event=team.open_failed error=%s", self.last_error)
                     await asyncio.sleep(self.config.team_reconnect_wait_ms / 1000)
 
-    async def _watch(self, short: str, on_change: Callable[[str, int, bytes | None], None]) -> Any:
-        """An ordered consumer over the bucket: the latest of every key, then every change."""
+    async def _watch(self, short: str,
+                     on_change: Callable[[str, int, bytes | None], None]) -> tuple[Any, asyncio.Event]:
+        """An ordered consumer over the bucket: the latest of every key, then every change; and an event
+        set once the latest of every key has been delivered."""
         bucket = bucket_name(self.space, short)
         prefix = f"$KV.{bucket}."
+        caught_up = asyncio.Event()
+        live = self._live.setdefault(short, set())  # keys the copy holds, from this watch and earlier ones
+        earlier, seen = set(live), set()
+
+        def settle() -> None:
+            """The latest of every key is in: forget what an earlier watch left that the bucket no longer
+            has (a key that expired while the link was down and whose marker is gone too)."""
+            for key in earlier - seen:
+                live.discard(key)
+                try:
+                    on_change(key, 0, None)
+                except Exception:
+                    log.exception("event=team.watch_crash bucket=%s", bucket)
+            caught_up.set()
+
+        if (await self.js.stream_info(f"KV_{bucket}")).state.messages == 0:
+            settle()
 
         async def deliver(msg: Any) -> None:
             headers = msg.headers or {}
             gone = KV_OPERATION in headers or KV_MARKER_REASON in headers
+            key = msg.subject[len(prefix):]
+            (live.discard if gone else live.add)(key)
+            if not caught_up.is_set():
+                seen.add(key)
             try:
-                on_change(msg.subject[len(prefix):], msg.metadata.sequence.stream, None if gone else msg.data)
+                on_change(key, msg.metadata.sequence.stream, None if gone else msg.data)
             except Exception:
                 log.exception("event=team.watch_crash bucket=%s", bucket)
+            if msg.metadata.num_pending == 0 and not caught_up.is_set():
+                settle()
             self.after_change()
 
-        return await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
-                                       deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                                       inactive_threshold=300)
+        sub = await self.js.subscribe(f"{prefix}>", stream=f"KV_{bucket}", cb=deliver, ordered_consumer=True,
+                                      deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                                      inactive_threshold=300)
+        return sub, caught_up
 
     async def _follow(self, follower: Follower) -> Any:
         """An ordered consumer over the stream from where `on_open` says, feeding the mirror."""

@@ -640,6 +640,15 @@ class TeamMembers:
         self.dirty_agents |= set(agents.by_id)
         self.dirty_sessions |= set(sessions.active)
         self.dirty_notes |= set(sessions.active)
+        # What the team still shows of this host but this host no longer has (the watches hold the
+        # whole buckets by now): changes made here whose publishing a restart forgot (a teamPending
+        # answer, a death the reaper found while the link was down) go out now too.
+        for agent_id, (_, record) in list(self.agents.items()):
+            if record.get("host") == self.host and record.get("diedAt") is None and agent_id not in agents.by_id:
+                self.dirty_agents.add(agent_id)  # unregistered here: _put_agent deletes the team's record
+        for sid, (_, record) in list(self.sessions.items()):
+            if record.get("host") == self.host and record.get("status") == "active" and sid not in sessions.active:
+                self.dirty_sessions.add(sid)  # ended here: _put_session publishes the end
         self.note_heads.clear()
         for row_id, in self.root.store.read("SELECT id FROM salvage WHERE status='pending'"):
             self.dirty_salvage.add(row_id)

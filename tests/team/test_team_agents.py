@@ -306,6 +306,92 @@ def test_a_host_cut_off_mid_write_answers_team_pending_and_keeps_the_verdict_whe
         proc.kill()
 
 
+def _team_session(client, sid: str) -> dict | None:
+    """The session as that host sees it, or None while it has not seen it yet."""
+    try:
+        return client.call("session.get", id=sid)["session"]
+    except OpError as exc:
+        if exc.code != "not_found":
+            raise
+        return None
+
+
+def test_what_a_host_did_while_cut_off_reaches_the_team_after_a_kill_9_and_restart(nats_server, link_proxy,
+                                                                                     daemon_factory, team_key):
+    # B's reaper finds its agent dead while B's link is down; B is then killed with kill -9 before the
+    # link comes back, so nothing in memory remembers to publish the end. After the restart, the
+    # resync compares the team's copy of B's records with B's database and publishes the end.
+    proxy = link_proxy()
+    settings = _pair(nats_server, "resync", team_key, team_host_timeout_ms=120_000)  # A never declares B dead here
+    a = daemon_factory(**settings, team_host_id="host-a")
+    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    ca, cb = a.client(timeout=30), b.client(timeout=30)
+    proc = _sleeper()
+    try:
+        sid = cb.call("sugar.begin", purpose="long job", identity="shop:api", agentId="bob", pid=proc.pid,
+                      files=["src/**"])["sessionId"]
+        assert _wait_for(lambda: _team_session(ca, sid) and _team_session(ca, sid)["status"] == "active", 10)
+        proxy.cut()
+        proc.kill()
+        proc.wait()
+
+        def ended_here() -> bool:
+            with sqlite3.connect(f"file:{b.config.db_path}?mode=ro", uri=True) as db:
+                row = db.execute("SELECT status FROM sessions WHERE id=?", (sid,)).fetchone()
+            return row is not None and row[0] != "active"
+
+        assert _wait_for(ended_here, 10), b.log_tail()
+        os.killpg(b.proc.pid, signal.SIGKILL)
+        b.proc.wait(10)
+        assert ca.call("session.get", id=sid)["session"]["status"] == "active"  # the team never heard
+        proxy.heal()
+        b.start()
+        wait_team_ready(b)
+        got = _wait_for(lambda: (lambda s: s if s and s["status"] != "active" else None)(_team_session(ca, sid)), 10)
+        assert got is not None and got["status"] == "abandoned" and got["host"] == "host-b", \
+            ca.call("session.get", id=sid)["session"]
+        assert _wait_for(lambda: ca.call("agent.get", id="bob")["agent"]["status"] == "dead", 10)
+        assert _wait_for(lambda: _entry(ca, "bob"), 10)  # its salvage entry, from B's outbox
+    finally:
+        proc.kill()
+
+
+def test_a_key_that_expired_while_the_link_was_down_leaves_the_copy_when_it_is_back(nats_server, link_proxy,
+                                                                                     daemon_factory, team_key):
+    # Host keys expire without a marker: a host that vanished while B's link was down must not stay
+    # in B's copy of the hosts forever once B reconnects.
+    import nats
+
+    proxy = link_proxy()
+    settings = _pair(nats_server, "ghost", team_key)
+    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
+    wait_team_ready(b)
+    cb = b.client(timeout=30)
+
+    async def ghost_beats_once() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            record = {"host": "ghost", "hostname": "ghost", "pid": 1, "ts": int(time.time() * 1000)}
+            await nc.jetstream().publish("$KV.pd-ghost-hosts.ghost", json.dumps(record).encode(), msg_ttl=1)
+        finally:
+            await nc.close()
+
+    def hosts() -> set[str]:
+        return {h["host"] for h in cb.call("team.status")["hosts"]}
+
+    asyncio.run(ghost_beats_once())
+    assert _wait_for(lambda: "ghost" in hosts(), 10)
+    reconnects = cb.call("team.status")["reconnects"]
+    proxy.cut()
+    time.sleep(2.5)  # the ghost's key expires meanwhile, leaving no marker
+    proxy.heal()
+    assert _wait_for(lambda: cb.call("team.status")["reconnects"] > reconnects and cb.call("team.status")["ready"],
+                     15), cb.call("team.status")
+    assert _wait_for(lambda: "ghost" not in hosts(), 5), hosts()
+    assert "host-b" in hosts()
+
+
 def _stream_state(url: str, stream: str) -> dict:
     """messages, bytes and messages per subject of a stream, as the server holds it now."""
     import nats

@@ -95,6 +95,9 @@ class TeamMembers:
         self.note_heads: dict[str, tuple[int, str, int]] = {}  # session -> (notes shared, head link, last seq)
         self.unshared: set[str] = set()  # sessions whose notes met the full notes stream and wait for room
         self.declaring: set[str] = set()  # hosts whose agents this host is declaring dead right now
+        # session id -> when this host (monotonic s) first saw it active under a dead agent of a vanished host
+        self.orphans: dict[str, float] = {}
+        self.finishing: set[str] = set()  # orphaned sessions this host is queueing for salvage right now
         # the revision of this host's last write of each of its agent / session records: the next write
         # is a compare-and-set on it, so a verdict another host wrote meanwhile is never overwritten unseen
         self.agent_revs: dict[str, int] = {}
@@ -594,6 +597,37 @@ class TeamMembers:
             if host and host != self.host and host not in self.declaring and not self.link.host_alive(host):
                 self.declaring.add(host)
                 self.link.spawn(self._declare_dead, host)
+        self._finish_orphans()
+
+    def _finish_orphans(self) -> None:
+        """A dead agent of a vanished host whose session the team still shows active: the host that
+        declared it (or the agent's own host, after its reaper) stopped between the agent's record and
+        the session's salvage. Once this host has seen that state for `team_host_timeout_ms`, it queues
+        the salvage and ends the session itself (both idempotent: create-if-absent, compare-and-set)."""
+        now = time.monotonic()
+        current: set[str] = set()
+        for _, record in list(self.agents.values()):
+            host, sid = record.get("host"), record.get("sessionId")
+            if record.get("diedAt") is None or not sid or not host or host == self.host or self.link.host_alive(host):
+                continue
+            seen = self.sessions.get(sid)
+            if seen is None or seen[1].get("status") != "active" or seen[1].get("host") != host:
+                continue
+            current.add(sid)
+            first = self.orphans.setdefault(sid, now)
+            if (now - first) * 1000 >= self.config.team_host_timeout_ms and sid not in self.finishing:
+                self.finishing.add(sid)
+                self.link.spawn(self._finish_orphan, sid, record, seen[1])
+        self.orphans = {sid: at for sid, at in self.orphans.items() if sid in current}
+
+    async def _finish_orphan(self, sid: str, agent: dict, session: dict) -> None:
+        try:
+            reason = agent.get("deadReason") or f"host {agent.get('host')} stopped beating"
+            log.warning("event=team.orphan_session_salvaged session=%s agent=%s", sid, agent.get("id"))
+            await self.root.salvage.team.create_for_dead_session(session, agent, int(agent["diedAt"]), reason)
+            await self._end_remote_session(sid, "abandoned", reason)
+        finally:
+            self.finishing.discard(sid)
 
     async def _declare_dead(self, host: str) -> None:
         """Declare the agents of a vanished host dead; compare-and-set makes exactly one host declare each."""

@@ -392,6 +392,42 @@ def test_a_key_that_expired_while_the_link_was_down_leaves_the_copy_when_it_is_b
     assert "host-b" in hosts()
 
 
+def test_a_dead_agents_session_left_active_by_a_crashed_declarer_still_reaches_salvage(nats_server, daemon_factory,
+                                                                                        team_key):
+    # The team shows an agent of a vanished host dead (declared by a host that crashed right after)
+    # while its session is still active and has no salvage entry. A surviving host finishes the job.
+    import nats
+
+    settings = _pair(nats_server, "orphan", team_key, team_host_timeout_ms=1000)
+    a = daemon_factory(**settings, team_host_id="host-a")
+    wait_team_ready(a)
+    ca = a.client(timeout=30)
+    now = int(time.time() * 1000)
+    agent = {"id": "orphan", "agentId": "orphan", "host": "gone", "status": "dead", "liveness": "dead",
+             "isActive": False, "diedAt": now - 5000, "deadReason": "host gone stopped beating",
+             "declaredBy": "crashed", "registeredAt": now - 60_000, "sessionId": "session-orphan"}
+    session = {"id": "session-orphan", "agentId": "orphan", "host": "gone", "status": "active", "phase": "coding",
+               "identity": "shop:api", "project": "shop", "purpose": "half-done migration", "createdAt": now - 50_000,
+               "files": [{"path": "src/db/*.sql"}], "sharedNotes": 0}
+
+    async def write() -> None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await (await js.key_value("pd-orphan-sessions")).put("session-orphan", json.dumps(session).encode())
+            await (await js.key_value("pd-orphan-agents")).put(lock_kv_key("orphan"), json.dumps(agent).encode())
+        finally:
+            await nc.close()
+
+    asyncio.run(write())
+    entry = _wait_for(lambda: _entry(ca, "orphan"), 10)
+    assert entry is not None, a.log_tail()
+    assert entry["status"] == "pending" and entry["files"] == ["src/db/*.sql"] and entry["sessionId"] == "session-orphan"
+    assert entry["declaredBy"] == "host-a"
+    assert _wait_for(lambda: (_team_session(ca, "session-orphan") or {}).get("status") == "abandoned", 10)
+    assert len([e for e in ca.call("salvage.list")["entries"] if e["agentId"] == "orphan"]) == 1
+
+
 def _stream_state(url: str, stream: str) -> dict:
     """messages, bytes and messages per subject of a stream, as the server holds it now."""
     import nats

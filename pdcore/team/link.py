@@ -36,7 +36,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -97,6 +97,23 @@ def host_id(config: Config) -> str:
 def ttl_seconds(ms: int) -> int:
     """A server-side TTL: whole seconds (what JetStream takes), at least 1."""
     return max(1, math.ceil(ms / 1000))
+
+
+async def stream_subjects(nc: Any, stream: str, subjects_filter: str, timeout_s: float) -> AsyncIterator[str]:
+    """Every subject of `stream` matching the filter, page by page: the server answers a stream info with
+    at most one page of subjects (100,000), and nats-py's stream_info reads only the first."""
+    offset = 0
+    while True:
+        request = json.dumps({"subjects_filter": subjects_filter, "offset": offset}).encode()
+        info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{stream}", request, timeout=timeout_s)).data)
+        if "error" in info:
+            raise nats.js.errors.APIError.from_error(info["error"])
+        subjects = (info.get("state") or {}).get("subjects") or {}
+        for subject in subjects:
+            yield subject
+        offset += len(subjects)
+        if not subjects or offset >= int(info.get("total") or 0):
+            return
 
 
 class Follower:

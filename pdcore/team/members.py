@@ -45,6 +45,7 @@ from pdcore.team.link import (
     KV_OPERATION,
     TeamLink,
     stream_full,
+    stream_subjects,
     team_full,
     team_unavailable,
     ttl_seconds,
@@ -487,9 +488,9 @@ class TeamMembers:
         if self.cipher is None:
             return
         prefix = self.link.subject(NOTES.short, "")
-        info = await self.link.js.stream_info(self.notes_stream, subjects_filter=prefix + ">")
         cutoff = _clock() - self.config.agent_dead_retention_ms
-        for subject in info.state.subjects or {}:
+        async for subject in stream_subjects(self.link.nc, self.notes_stream, prefix + ">",
+                                             self.config.team_op_timeout_ms / 1000):
             sid = subject[len(prefix):]
             row = self.root.store.read_one("SELECT status, ended_at FROM sessions WHERE id=?", (sid,))
             if row is not None and row[0] != "active" and row[1] is not None and row[1] <= cutoff:

@@ -51,6 +51,14 @@ def _pair(nats_server, space: str, team_key, **more):
     return settings
 
 
+def _a_and_b_behind(proxy, daemon_factory, settings: dict):
+    """Daemons host-a (straight to NATS) and host-b (through `proxy`, which a test cuts), both ready."""
+    a = daemon_factory(**settings, team_host_id="host-a")
+    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
+    wait_team_ready(a), wait_team_ready(b)
+    return a, b
+
+
 def _entry(client, agent: str) -> dict | None:
     return next((e for e in client.call("salvage.list")["entries"] if e["agentId"] == agent), None)
 
@@ -239,10 +247,7 @@ def test_a_host_is_judged_by_when_its_beats_arrive_here_not_by_its_own_clock(nat
 def test_a_host_cut_off_mid_write_answers_team_pending_and_keeps_the_verdict_when_back(nats_server, link_proxy,
                                                                                       daemon_factory, team_key):
     proxy = link_proxy()
-    settings = _pair(nats_server, "back", team_key, team_host_timeout_ms=1500)
-    a = daemon_factory(**settings, team_host_id="host-a")
-    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
-    wait_team_ready(a), wait_team_ready(b)
+    a, b = _a_and_b_behind(proxy, daemon_factory, _pair(nats_server, "back", team_key, team_host_timeout_ms=1500))
     ca, cb = a.client(timeout=30), b.client(timeout=30)
     proc = _sleeper()
     try:
@@ -323,9 +328,7 @@ def test_what_a_host_did_while_cut_off_reaches_the_team_after_a_kill_9_and_resta
     # resync compares the team's copy of B's records with B's database and publishes the end.
     proxy = link_proxy()
     settings = _pair(nats_server, "resync", team_key, team_host_timeout_ms=120_000)  # A never declares B dead here
-    a = daemon_factory(**settings, team_host_id="host-a")
-    b = daemon_factory(**{**settings, "team_servers": proxy.url}, team_host_id="host-b")
-    wait_team_ready(a), wait_team_ready(b)
+    a, b = _a_and_b_behind(proxy, daemon_factory, settings)
     ca, cb = a.client(timeout=30), b.client(timeout=30)
     proc = _sleeper()
     try:

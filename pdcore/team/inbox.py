@@ -13,7 +13,6 @@ per agent (oldest first), and `team_inbox_max_bytes` in all, past which a send i
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from typing import Any
@@ -24,14 +23,10 @@ from nats.js import api
 
 from pdcore.state.base import Await, Ctx
 from pdcore.team.link import TeamLink, stream_full, team_full
+from pdcore.team.locks import lock_kv_key  # a name as one subject token
 from pdcore.team.space import INBOX, stream_name
 
 log = logging.getLogger("pd.team")
-
-
-def agent_token(agent_id: str) -> str:
-    """An agent id as one subject token (ids may hold `.`, `*`, `>`): base64url, no padding."""
-    return base64.urlsafe_b64encode(agent_id.encode()).decode().rstrip("=")
 
 
 class TeamInbox:
@@ -59,7 +54,7 @@ class TeamInbox:
 
         async def append() -> int:
             try:
-                ack = await self.link.js.publish(self.link.subject(INBOX.short, host, agent_token(agent_id)),
+                ack = await self.link.js.publish(self.link.subject(INBOX.short, host, lock_kv_key(agent_id)),
                                                  json.dumps(body, separators=(",", ":")).encode())
             except nats.js.errors.APIError as err:
                 if stream_full(err):

@@ -254,6 +254,22 @@ class TeamLink:
         """A subject of stream `short` (one of space.STREAMS): pd.<space>.<short>.<tokens...>."""
         return ".".join((f"pd.{self.space}.{short}", *tokens))
 
+    async def latest(self, short: str, key: str) -> tuple[int, dict | None]:
+        """The last revision of `key` in bucket `short`, counting deletes and expiry markers, and its
+        record (None: absent, deleted, expired or unreadable). What a compare-and-set goes on."""
+        bucket = bucket_name(self.space, short)
+        try:
+            msg = await self.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
+        except nats.js.errors.NotFoundError:
+            return 0, None
+        headers = msg.headers or {}
+        if KV_OPERATION in headers or KV_MARKER_REASON in headers or not msg.data:
+            return msg.seq, None
+        try:
+            return msg.seq, json.loads(msg.data)
+        except ValueError:
+            return msg.seq, None
+
     # -- calls from handlers ----------------------------------------------------------------------
     @property
     def available(self) -> bool:

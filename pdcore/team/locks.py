@@ -21,7 +21,7 @@ import nats.js.errors
 
 from pdcore.errors import OpError
 from pdcore.state.base import Await, Ctx, Park
-from pdcore.team.link import KV_MARKER_REASON, KV_OPERATION, TeamLink, team_unavailable, ttl_seconds
+from pdcore.team.link import KV_OPERATION, TeamLink, team_unavailable, ttl_seconds
 from pdcore.team.space import LOCKS, bucket_name
 
 _WRONG_LAST = (10071, 10164)  # JetStream: "wrong last sequence" (another writer got there first)
@@ -50,7 +50,6 @@ class TeamLocks:
         self.config = locks.config
         self.link = link
         bucket = bucket_name(link.space, LOCKS.short)
-        self.stream = f"KV_{bucket}"
         self.prefix = f"$KV.{bucket}."
         self.mirror: dict[str, tuple[int, dict]] = {}  # name -> (revision, holder), from the watch
         self.seen: dict[str, int] = {}  # name -> latest revision the watch delivered (deletes too)
@@ -89,14 +88,7 @@ class TeamLocks:
     # -- JetStream reads and writes (coroutines on the core's loop) --------------------------------
     async def _read(self, name: str) -> tuple[int, dict | None]:
         """(last revision of the key, counting deletes and expiry markers; the holder or None)."""
-        try:
-            msg = await self.link.js.get_msg(self.stream, subject=self.prefix + lock_kv_key(name))
-        except nats.js.errors.NotFoundError:
-            return 0, None
-        headers = msg.headers or {}
-        if KV_OPERATION in headers or KV_MARKER_REASON in headers or not msg.data:
-            return msg.seq, None
-        return msg.seq, json.loads(msg.data)
+        return await self.link.latest(LOCKS.short, lock_kv_key(name))
 
     async def _write(self, name: str, holder: dict, last: int, ttl_ms: int) -> int | None:
         """Write `holder` if the key is still at revision `last`; its revision, or None if someone moved first."""

@@ -41,8 +41,6 @@ from pdcore.state.base import Await, Ctx
 from pdcore.state.trie import matches
 from pdcore.team.keyfile import read_key_file
 from pdcore.team.link import (
-    KV_MARKER_REASON,
-    KV_OPERATION,
     TeamLink,
     stream_full,
     stream_subjects,
@@ -315,16 +313,9 @@ class TeamMembers:
                     self._apply_verdict(agent_id, seen[1])
                 return  # the team's record is the verdict on this registration: it stands as written
             ttl = ttl_seconds(self.config.agent_dead_retention_ms) if agent.dead_at is not None else None
-            known = max(self.agent_revs.get(agent_id, 0), seen[0] if seen is not None else 0)
-            published, revision, current = await self._cas_publish(AGENTS.short, key, self.agent_record(agent),
-                                                                   ttl, known)
-            self.agent_revs[agent_id] = revision
-            if published:
+            if await self._write_own(AGENTS.short, key, agent_id, self.agents, self.agent_revs,
+                                     self.agent_record(agent), ttl):
                 return
-            if current is None:  # deleted or expired meanwhile: write it again over the marker
-                self.agents.pop(agent_id, None)
-            else:  # another host wrote it (a verdict, or a newer registration): look at it, then decide again
-                self.agents[agent_id] = (revision, current)
         log.warning("event=team.agent_not_published agent=%s reason=contended", agent_id)
         self.dirty_agents.add(agent_id)  # the next tick tries again
 
@@ -342,18 +333,27 @@ class TeamMembers:
             if seen is not None and seen[1].get("endedBy"):
                 record["endedBy"] = seen[1]["endedBy"]  # the host that declared its agent dead ended it first
             ttl = None if session.active else ttl_seconds(self.config.agent_dead_retention_ms)
-            known = max(self.session_revs.get(sid, 0), seen[0] if seen is not None else 0)
-            published, revision, current = await self._cas_publish(SESSIONS.short, sid, record, ttl, known)
-            self.session_revs[sid] = revision
-            if published:
+            if await self._write_own(SESSIONS.short, sid, sid, self.sessions, self.session_revs, record, ttl):
                 await self.root.sessions.team_claims.sync_session(session)
                 return
-            if current is None:
-                self.sessions.pop(sid, None)
-            else:
-                self.sessions[sid] = (revision, current)
         log.warning("event=team.session_not_published session=%s reason=contended", sid)
         self.dirty_sessions.add(sid)
+
+    async def _write_own(self, short: str, key: str, name: str, copies: dict[str, tuple[int, dict]],
+                         revs: dict[str, int], record: dict, ttl: int | None) -> bool:
+        """Write one of this host's records with compare-and-set on the revision it last wrote or saw.
+        False when another write came first (a verdict, a newer registration, an expiry): the watch's
+        copy then holds what the bucket holds, for the caller to look at and decide again."""
+        seen = copies.get(name)
+        known = max(revs.get(name, 0), seen[0] if seen is not None else 0)
+        published, revision, current = await self._cas_publish(short, key, record, ttl, known)
+        revs[name] = revision
+        if not published:
+            if current is None:  # deleted or expired meanwhile: written again over the marker next round
+                copies.pop(name, None)
+            else:
+                copies[name] = (revision, current)
+        return published
 
     async def _cas_publish(self, short: str, key: str, record: dict, ttl: int | None,
                            known: int) -> tuple[bool, int, dict | None]:
@@ -367,24 +367,9 @@ class TeamMembers:
         except nats.js.errors.APIError as err:
             if err.err_code not in _WRONG_LAST:
                 raise
-            revision, current = await self._latest(short, key)
+            revision, current = await self.link.latest(short, key)
             return False, revision, current
         return True, ack.seq, None
-
-    async def _latest(self, short: str, key: str) -> tuple[int, dict | None]:
-        """The last revision of `key` in bucket `short` and its record (None: absent, deleted or expired)."""
-        bucket = bucket_name(self.link.space, short)
-        try:
-            msg = await self.link.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")
-        except nats.js.errors.NotFoundError:
-            return 0, None
-        headers = msg.headers or {}
-        if KV_OPERATION in headers or KV_MARKER_REASON in headers or not msg.data:
-            return msg.seq, None
-        try:
-            return msg.seq, json.loads(msg.data)
-        except ValueError:
-            return msg.seq, None
 
     # -- a verdict of another host on this host's agents -------------------------------------------
     def _is_verdict(self, record: dict, agent: Any) -> bool:
@@ -444,9 +429,10 @@ class TeamMembers:
         compare-and-set on the subject's last sequence (so a repeat after a lost ack adds nothing)."""
         if self.cipher is None:
             return
-        ended = self.root.store.read_one("SELECT ended_at FROM sessions WHERE id=?", (sid,))
-        if ended is not None and ended[0] is not None and ended[0] <= _clock() - self.config.agent_dead_retention_ms:
-            return  # its record has expired and its notes left the team: nothing to share any more
+        if sid not in self.root.sessions.active:
+            ended = self.root.store.read_one("SELECT ended_at FROM sessions WHERE id=?", (sid,))
+            if ended is not None and ended[0] is not None and ended[0] <= _clock() - self.config.agent_dead_retention_ms:
+                return  # its record has expired and its notes left the team: nothing to share any more
         subject = self.link.subject(NOTES.short, sid)
         notes = self.root.notes
         for _ in range(8):
@@ -625,8 +611,7 @@ class TeamMembers:
         try:
             reason = agent.get("deadReason") or f"host {agent.get('host')} stopped beating"
             log.warning("event=team.orphan_session_salvaged session=%s agent=%s", sid, agent.get("id"))
-            await self.root.salvage.team.create_for_dead_session(session, agent, int(agent["diedAt"]), reason)
-            await self._end_remote_session(sid, "abandoned", reason)
+            await self._salvage_remote_session(session, agent, int(agent["diedAt"]), reason)
         finally:
             self.finishing.discard(sid)
 
@@ -649,17 +634,20 @@ class TeamMembers:
                 sid = record.get("sessionId")
                 session = self.sessions.get(sid)[1] if sid and sid in self.sessions else None
                 if session is not None and session.get("status") == "active":
-                    await self.root.salvage.team.create_for_dead_session(session, record, now, reason)
-                    await self._end_remote_session(sid, "abandoned", reason)
+                    await self._salvage_remote_session(session, record, now, reason)
         finally:
             self.declaring.discard(host)
 
-    async def _end_remote_session(self, sid: str, status: str, reason: str) -> None:
+    async def _salvage_remote_session(self, session: dict, agent: dict, died_at: int, reason: str) -> None:
+        """Queue a dead agent's session of another host for salvage (create-if-absent), then end it in the
+        team's bucket (compare-and-set, with the TTL of an ended session) and drop its file claims."""
+        await self.root.salvage.team.create_for_dead_session(session, agent, died_at, reason)
+        sid = session["id"]
         seen = self.sessions.get(sid)
         if seen is None:
             return
         revision, record = seen
-        ended = {**record, "status": status, "phase": "abandoned", "endedAt": _clock(), "files": [],
+        ended = {**record, "status": "abandoned", "phase": "abandoned", "endedAt": _clock(), "files": [],
                  "endedBy": self.host, "deadReason": reason}
         await self._cas_publish(SESSIONS.short, sid, ended, ttl_seconds(self.config.agent_dead_retention_ms),
                                 revision)

@@ -154,14 +154,7 @@ class TeamSalvage:
 
     async def _read(self, sid: str) -> dict | None:
         """The entry as the bucket holds it now (not the watch's copy)."""
-        try:
-            got = await self.link.buckets[SALVAGE.short].get(sid)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        try:
-            return json.loads(got.value) if got.value else None
-        except ValueError:
-            return None
+        return (await self.link.latest(SALVAGE.short, sid))[1]
 
     def claim(self, ctx: Ctx, agent_id: str, claimer: str, session_id: str | None, request_id: str | None = None,
               asked: dict | None = None) -> Any:
@@ -209,8 +202,7 @@ class TeamSalvage:
             # what the take record says: a repeat in flight on this host may have made the session already
             created = session is None
             if mine is None:
-                mine = sessions.apply_start(ctx, claimer, entry.get("identity"),
-                                            f"Salvage of {agent_id}: {entry.get('purpose')}", session_id=new_sid)
+                mine = self._start_heir_session(ctx, claimer, entry, new_sid)
             if paths:
                 sessions.apply_claim(ctx, mine, paths, None, False)
             self.root.activity.record(ctx, "salvage.claim", agent_id, actor=claimer, sessionId=mine.id)
@@ -230,6 +222,11 @@ class TeamSalvage:
 
         return self.link.call(self._update, entry["sessionId"], revision, won, then=then)
 
+    def _start_heir_session(self, ctx: Ctx, claimer: str, entry: dict, sid: str) -> Any:
+        """The claimer's new session, under the id the claim recorded."""
+        return self.root.sessions.apply_start(ctx, claimer, entry.get("identity"),
+                                              f"Salvage of {entry['agentId']}: {entry.get('purpose')}", session_id=sid)
+
     def _claimed_first(self, agent_id: str, latest: dict) -> OpError:
         return OpError("already_claimed", f"the salvage of {agent_id} was claimed by "
                        f"{latest.get('claimedBy') or 'another agent'} first", "agentId",
@@ -246,8 +243,7 @@ class TeamSalvage:
         mine = sessions.active_for_agent(claimer)
         if mine is None and sessions.find(sid) is None:  # the first try ended before its session was made
             self._require()
-            mine = sessions.apply_start(ctx, claimer, entry.get("identity"),
-                                        f"Salvage of {answer['agentId']}: {entry.get('purpose')}", session_id=sid)
+            mine = self._start_heir_session(ctx, claimer, entry, sid)
         if mine is None or mine.id != sid:
             return out  # its session ran and ended here, or the claimer moved on to another one
         missing = [p for p in answer["inheritedFiles"] if p not in mine.files]
